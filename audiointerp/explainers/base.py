@@ -1,0 +1,25 @@
+"""The one interface every explainer implements."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Explainer:
+    """``attribute(model, inputs, target) -> attribution`` shaped like ``inputs``, like Captum's.
+
+    Subclasses that need data beyond the clip (a SHAP background, say) set
+    ``needs_training_data`` and override :meth:`prepare`, called once per run before the first clip.
+    """
+
+    needs_training_data: bool = False
+
+    def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor) -> None:
+        """Called once with the training split's (N, 1, F, T) inputs and (N,) labels."""
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+        """inputs (B, 1, F, T), target (B,) class indices -> attribution (B, 1, F, T)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return type(self).__name__

@@ -1,0 +1,138 @@
+"""The PANNs Cnn14 architecture on (B, 1, F, T) log spectrograms.
+
+Layout note: PANNs feeds (B, 1, T, F); we keep the project-wide (B, 1, F, T) layout and transpose
+PANNs' 3x3 kernels when loading its checkpoint (see ``audiointerp.models.panns``). Every
+non-linearity and pooling is its own ``nn.Module`` instance so that SHAP's DeepExplainer, which
+rewrites gradients per module, can see (and not share) them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+#: Channel counts of the six conv blocks of the full-size Cnn14.
+CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
+
+
+class SpecAugment(nn.Module):
+    """Zero out random frequency and time stripes of a normalised spectrogram (training only).
+
+    Applied after ``bn0`` as in PANNs, so zero is each bin's running mean rather than some dB value.
+    Widths are drawn uniformly from [0, width) per stripe and per example.
+    """
+
+    def __init__(self, freq_mask_width: int = 10, time_mask_width: int = 20, n_freq_masks: int = 2, n_time_masks: int = 2):
+        super().__init__()
+        self.freq_mask_width = freq_mask_width
+        self.time_mask_width = time_mask_width
+        self.n_freq_masks = n_freq_masks
+        self.n_time_masks = n_time_masks
+
+    def _stripes(self, batch: int, size: int, width: int, count: int, device: torch.device) -> Tensor:
+        """(batch, size) bool: True where any of ``count`` random stripes covers the position."""
+        if width <= 0 or count <= 0:
+            return torch.zeros(batch, size, dtype=torch.bool, device=device)
+        widths = torch.randint(0, width, (batch, count, 1), device=device)
+        starts = (torch.rand(batch, count, 1, device=device) * (size - widths).clamp(min=1)).long()
+        positions = torch.arange(size, device=device).view(1, 1, size)
+        return ((positions >= starts) & (positions < starts + widths)).any(dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, F, T) -> same shape with stripes set to zero."""
+        if not self.training:
+            return x
+        batch, _, n_freq, n_time = x.shape
+        freq_drop = self._stripes(batch, n_freq, self.freq_mask_width, self.n_freq_masks, x.device)
+        time_drop = self._stripes(batch, n_time, self.time_mask_width, self.n_time_masks, x.device)
+        drop = freq_drop[:, None, :, None] | time_drop[:, None, None, :]
+        return x.masked_fill(drop, 0.0)
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 conv + BN + ReLU, then 2x2 average pooling (or none), then dropout."""
+
+    def __init__(self, in_channels: int, out_channels: int, pool: bool, dropout: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AvgPool2d(2) if pool else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C_in, F, T) -> (B, C_out, F/2, T/2), or unpooled for the last block."""
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.dropout(self.pool(x))
+
+
+class Cnn14(nn.Module):
+    """Cnn14 classifier: (B, 1, F, T) dB spectrogram -> (B, n_classes) logits.
+
+    Args:
+        n_bins: F, the number of frequency bins (64 for log-mel, 257 for the STFT feature).
+        n_classes: size of the classifier head.
+        width: scales every channel count; 1.0 is the real Cnn14.
+        dropout: dropout after each conv block and around fc1.
+        freq_mask_width, time_mask_width: SpecAugment stripe widths (bins, frames), training only.
+    """
+
+    def __init__(self, n_bins: int = 64, n_classes: int = 50, width: float = 1.0, dropout: float = 0.2,
+                 freq_mask_width: int = 10, time_mask_width: int = 20):
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"model.width must be > 0, got {width}")
+        channels = [max(1, round(c * width)) for c in CNN14_CHANNELS]
+        self.n_bins = n_bins
+        self.n_classes = n_classes
+        self.bn0 = nn.BatchNorm2d(n_bins)
+        self.spec_augment = SpecAugment(freq_mask_width, time_mask_width)
+        in_channels = [1, *channels[:-1]]
+        for index, (c_in, c_out) in enumerate(zip(in_channels, channels), start=1):
+            self.add_module(f"conv_block{index}", ConvBlock(c_in, c_out, pool=index < 6, dropout=dropout))
+        self.time_max = nn.AdaptiveMaxPool1d(1)
+        self.time_mean = nn.AdaptiveAvgPool1d(1)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(channels[-1], channels[-1])
+        self.fc1_relu = nn.ReLU()
+        self.fc1_dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels[-1], n_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def conv_blocks(self) -> list[ConvBlock]:
+        return [getattr(self, f"conv_block{i}") for i in range(1, 7)]
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The last conv layer of block 6, whose activations Grad-CAM weighs."""
+        return self.conv_block6.conv2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 1, F, T) log spectrogram in dB -> (B, n_classes) logits."""
+        if x.shape[2] != self.n_bins:
+            raise ValueError(f"Cnn14 was built for {self.n_bins} frequency bins, got input {tuple(x.shape)}")
+        # bn0 normalises each frequency bin: move bins to the channel axis and back.
+        x = self.bn0(x.transpose(1, 2)).transpose(1, 2)
+        x = self.spec_augment(x)
+        for block in self.conv_blocks:
+            x = block(x)
+        x = x.mean(dim=2)  # (B, C, T'): mean over frequency
+        x = (self.time_max(x) + self.time_mean(x)).squeeze(-1)  # (B, C)
+        x = self.embedding_dropout(x)
+        x = self.fc1_dropout(self.fc1_relu(self.fc1(x)))
+        return self.classifier(x)

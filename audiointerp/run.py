@@ -1,0 +1,115 @@
+"""``python -m audiointerp.run``: the Hydra app. It only composes the modules; no maths here."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from audiointerp import outputs, pipeline, train
+from audiointerp.errors import AudioInterpError
+from audiointerp.models import build_model
+
+log = logging.getLogger("audiointerp")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AudioInterpError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
+    return torch.device(name)
+
+
+def model_settings(cfg: DictConfig) -> dict:
+    """Everything that determines the trained weights: the model cache key."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    return {"data": settings["data"], "feature": settings["feature"],
+            "model": {k: v for k, v in settings["model"].items() if k != "checkpoint"},
+            "train": {k: v for k, v in settings["train"].items() if k not in ("cache_dir", "cache")},
+            "seed": settings["seed"]}
+
+
+def run(cfg: DictConfig) -> Path:
+    started = time.perf_counter()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    feature = instantiate(cfg.feature)
+    dataset = instantiate(cfg.data)
+    contaminate = instantiate(cfg.noise)
+    model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
+
+    def split_inputs(split: str):
+        clips = dataset.load_split(split)
+        return pipeline.log_spectrograms(feature, clips.waveforms, cfg.eval_batch_size, device,
+                                         desc=f"{split} spectrograms"), clips.labels
+
+    def load_train_valid():
+        return (*split_inputs("train"), *split_inputs("valid"))
+
+    source = train.obtain_model(
+        model, checkpoint=cfg.model.checkpoint and to_absolute_path(cfg.model.checkpoint),
+        cache_dir=Path(to_absolute_path(cfg.train.cache_dir)) if cfg.train.cache else None,
+        settings=model_settings(cfg), run_dir=run_dir, load_train_valid=load_train_valid,
+        epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
+
+    explainer = instantiate(cfg.explainer)
+    if explainer.needs_training_data:
+        explainer.prepare(model, *split_inputs("train"))
+
+    clean = dataset.load_split(cfg.split)
+    clean_inputs = pipeline.log_spectrograms(feature, clean.waveforms, cfg.eval_batch_size, device)
+    clean_accuracy = train.accuracy(model, clean_inputs, clean.labels, cfg.eval_batch_size, device)
+    clips = contaminate(clean)
+    results = pipeline.explain_and_score(
+        model, explainer, feature, clips, mask_names=list(cfg.mask.names), silence_level=cfg.mask.silence_level,
+        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
+        n_examples=cfg.n_examples, on_example=outputs.ExampleWriter(run_dir, feature, feature.sample_rate))
+
+    outputs.write_metrics(run_dir, clips, results)
+    summary = outputs.write_summary(run_dir, results)
+    outputs.write_attributions(run_dir, clips, results)
+    explained_accuracy = (results.predicted == clips.labels).float().mean().item()
+    report = {
+        "split": cfg.split, "n_clips": len(clips), "clean_accuracy": clean_accuracy,
+        "explained_accuracy": explained_accuracy, "model_source": source.kind, "model_path": str(source.path),
+        "seconds": round(time.perf_counter() - started, 2), "device": str(device),
+    }
+    if source.train_result is not None:
+        report.update(best_epoch=source.train_result.best_epoch,
+                      best_valid_accuracy=source.train_result.best_valid_accuracy,
+                      seconds_per_epoch=round(source.train_result.seconds_per_epoch, 2))
+    outputs.write_json(run_dir / "run.json", report)
+    print(f"{cfg.split} accuracy {clean_accuracy:.2%} (clean), {explained_accuracy:.2%} (explained, noise={contaminate.name}); "
+          f"model: {source.kind}; {report['seconds']:.0f} s")
+    print(f"results: {run_dir.resolve()} (summary: {summary.resolve()})")
+    return run_dir
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except AudioInterpError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

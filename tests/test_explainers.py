@@ -1,0 +1,56 @@
+"""Every explainer returns finite attributions of the input's shape for the target class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from audiointerp.explainers.gradcam import GradCam
+from audiointerp.explainers.saliency import Saliency
+from audiointerp.models import Cnn14
+
+
+@pytest.fixture(scope="module")
+def model_and_inputs():
+    torch.manual_seed(0)
+    model = Cnn14(n_bins=64, n_classes=5, width=1 / 16).eval()
+    inputs = torch.randn(3, 1, 64, 120) * 10 - 40
+    return model, inputs
+
+
+def test_saliency_is_the_target_logit_gradient(model_and_inputs):
+    model, inputs = model_and_inputs
+    target = torch.tensor([0, 3, 4])
+    attribution = Saliency().attribute(model, inputs, target)
+    assert attribution.shape == inputs.shape
+    for i in range(3):
+        x = inputs[i:i + 1].clone().requires_grad_(True)
+        model(x)[0, target[i]].backward()
+        torch.testing.assert_close(attribution[i:i + 1], x.grad)
+    assert (attribution < 0).any() and (attribution > 0).any(), "saliency must stay signed"
+
+
+def test_gradcam_matches_definition_and_keeps_negative_values(model_and_inputs):
+    model, inputs = model_and_inputs
+    target = torch.tensor([1, 2, 0])
+    attribution = GradCam().attribute(model, inputs, target)
+    assert attribution.shape == inputs.shape and torch.isfinite(attribution).all()
+
+    # the definition, computed by hand: activation of block 6's last conv, gradients of the target logit
+    x = inputs.clone()
+    x = model.bn0(x.transpose(1, 2)).transpose(1, 2)
+    for block in model.conv_blocks[:5]:
+        x = block(x)
+    block6 = model.conv_block6
+    activation = block6.conv2(block6.relu1(block6.bn1(block6.conv1(x)))).detach().requires_grad_(True)
+    y = block6.relu2(block6.bn2(activation))
+    y = y.mean(dim=2)
+    y = (model.time_max(y) + model.time_mean(y)).squeeze(-1)
+    logits = model.classifier(model.fc1_relu(model.fc1(y)))
+    logits.gather(1, target.view(-1, 1)).sum().backward()
+    weights = activation.grad.mean(dim=(2, 3), keepdim=True)
+    expected = F.interpolate((weights * activation).sum(1, keepdim=True), size=inputs.shape[-2:],
+                             mode="bilinear", align_corners=False)
+    torch.testing.assert_close(attribution, expected.detach(), rtol=1e-4, atol=1e-6)
+    assert (attribution < 0).any(), "signed Grad-CAM must keep negative evidence (no ReLU)"
