@@ -1,0 +1,180 @@
+"""Turn an attribution map into the 14 masks used to evaluate explanations, and apply a mask
+to a dB spectrogram.
+
+Every statistic (min, max, quantile) is taken per sample over all non-batch dimensions, so a
+batch of explanations is masked exactly as if each sample were processed on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from audiointerp.errors import AudioInterpError
+
+MASK_NAMES: tuple[str, ...] = (
+    "minmax",
+    "sigmoid",
+    "bin",
+    "topK_5",
+    "topK_30",
+    "topK_50",
+    "minmax_pos",
+    "sigmoid_pos",
+    "pos_thresh_25",
+    "pos_thresh_50",
+    "pos_thresh_75",
+    "topK_5_pos",
+    "topK_30_pos",
+    "topK_50_pos",
+)
+SOFT_MASK_NAMES: tuple[str, ...] = ("minmax", "sigmoid", "minmax_pos", "sigmoid_pos")
+BINARY_MASK_NAMES: tuple[str, ...] = tuple(name for name in MASK_NAMES if name not in SOFT_MASK_NAMES)
+
+# Percent of each sample kept by the top-K masks, keyed by mask name.
+_TOPK_PERCENT: dict[str, int] = {"topK_5": 5, "topK_30": 30, "topK_50": 50}
+_TOPK_POS_PERCENT: dict[str, int] = {"topK_5_pos": 5, "topK_30_pos": 30, "topK_50_pos": 50}
+_POS_THRESH_PERCENT: dict[str, int] = {"pos_thresh_25": 25, "pos_thresh_50": 50, "pos_thresh_75": 75}
+
+# torch.quantile's size cap. Current releases apply it to the reduced (per-sample) length
+# only, but the cap has also been applied to the whole input, so the batch is kept under it too.
+_QUANTILE_MAX_ELEMENTS = 2**24
+
+_EPS = 1e-8
+
+
+def _per_sample_quantiles(values: Tensor, levels: Sequence[float]) -> Tensor:
+    """Per-sample quantiles with torch.quantile's linear interpolation.
+
+    Args:
+        values: (B, ...) floating tensor; each sample is flattened.
+        levels: quantile levels in [0, 1], length L.
+
+    Returns:
+        (L, B, 1, ..., 1) tensor (same rank as ``values``), so that ``values >= result[j]``
+        broadcasts per sample.
+    """
+    batch = values.shape[0]
+    flat = values.reshape(batch, -1)
+    per_sample = max(flat.shape[1], 1)
+    levels_tensor = torch.tensor(list(levels), dtype=flat.dtype, device=flat.device)
+    # Hundreds of 257x313 maps exceed the cap in total; rows are independent, so splitting
+    # the batch leaves the result unchanged (and bounds the sorted copy quantile makes).
+    rows_per_chunk = max(1, _QUANTILE_MAX_ELEMENTS // per_sample)
+    chunks = [
+        torch.quantile(flat[start : start + rows_per_chunk], levels_tensor, dim=1)
+        for start in range(0, batch, rows_per_chunk)
+    ]
+    quantiles = torch.cat(chunks, dim=1)  # (L, B)
+    return quantiles.reshape(len(levels), batch, *([1] * (values.dim() - 1)))
+
+
+def _validate_names(names: Sequence[str] | None) -> list[str]:
+    if names is None:
+        return list(MASK_NAMES)
+    if isinstance(names, str):
+        names = [names]
+    unknown = [name for name in names if name not in MASK_NAMES]
+    if unknown:
+        raise AudioInterpError(
+            f"masks: unknown mask name(s) {', '.join(map(repr, unknown))}; "
+            f"expected any of {', '.join(MASK_NAMES)}"
+        )
+    requested = set(names)
+    return [name for name in MASK_NAMES if name in requested]
+
+
+def make_masks(attribution: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """Build masks from an attribution map.
+
+    Args:
+        attribution: (B, 1, F, T) attribution A (any rank >= 2 works; statistics are taken
+            per sample over all non-batch dimensions). It is detached; gradients never flow.
+        names: subset of ``MASK_NAMES`` to build; ``None`` builds all 14.
+
+    Returns:
+        ``{name: mask}`` in ``MASK_NAMES`` order, each mask (B, 1, F, T) float32 on the
+        attribution's device. Binary masks hold only 0. and 1.; soft masks lie in [0, 1].
+
+    Raises:
+        AudioInterpError: a name in ``names`` is not one of ``MASK_NAMES``.
+    """
+    selected = _validate_names(names)
+    if attribution.dim() < 2:
+        raise ValueError(f"attribution must be (B, 1, F, T), got shape {tuple(attribution.shape)}")
+    values = attribution.detach()
+    if not values.is_floating_point():
+        values = values.float()
+    reduce_dims = tuple(range(1, values.dim()))
+    positive = values.clamp_min(0)
+
+    masks: dict[str, Tensor] = {}
+
+    needs_min_max = {"minmax", "minmax_pos"} | set(_POS_THRESH_PERCENT)
+    if needs_min_max & set(selected):
+        sample_max = values.amax(dim=reduce_dims, keepdim=True)
+        sample_min = values.amin(dim=reduce_dims, keepdim=True)
+        # When every value is negative A+ is all zero; clamping the denominator at 0 keeps
+        # 0 / (max A + eps) from becoming 0/0 (max A = -eps) or -0 while the result for
+        # max A >= 0 is exactly A+ / (max A + eps).
+        minmax_pos = positive / (sample_max.clamp_min(0) + _EPS)
+    if "minmax" in selected:
+        masks["minmax"] = (values - sample_min) / (sample_max - sample_min + _EPS)
+    if "sigmoid" in selected:
+        masks["sigmoid"] = torch.sigmoid(values)
+    if "bin" in selected:
+        masks["bin"] = values > 0
+
+    topk_names = [name for name in selected if name in _TOPK_PERCENT]
+    if topk_names:
+        levels = [1 - _TOPK_PERCENT[name] / 100 for name in topk_names]
+        thresholds = _per_sample_quantiles(values, levels)
+        for name, threshold in zip(topk_names, thresholds):
+            masks[name] = values >= threshold
+
+    if "minmax_pos" in selected:
+        masks["minmax_pos"] = minmax_pos
+    if "sigmoid_pos" in selected:
+        masks["sigmoid_pos"] = torch.sigmoid(positive)
+    for name in selected:
+        if name in _POS_THRESH_PERCENT:
+            masks[name] = minmax_pos >= _POS_THRESH_PERCENT[name] / 100
+
+    topk_pos_names = [name for name in selected if name in _TOPK_POS_PERCENT]
+    if topk_pos_names:
+        levels = [1 - _TOPK_POS_PERCENT[name] / 100 for name in topk_pos_names]
+        thresholds = _per_sample_quantiles(positive, levels)
+        for name, threshold in zip(topk_pos_names, thresholds):
+            masks[name] = positive >= threshold
+
+    return {name: masks[name].to(torch.float32) for name in selected}
+
+
+def apply_mask(
+    spectrogram: Tensor, mask: Tensor, silence_level: float | None = -100.0
+) -> tuple[Tensor, Tensor]:
+    """Keep the masked part of a dB spectrogram, and separately its complement.
+
+    Removed bins are pulled towards a silence level ``s`` rather than to 0, because 0 dB is
+    loud; a mask value m gives ``(X - s) * m + s``.
+
+    Args:
+        spectrogram: (B, 1, F, T) spectrogram X in dB.
+        mask: (B, 1, F, T) mask M in [0, 1], or any shape broadcastable to X.
+        silence_level: s in dB; ``None`` uses each sample's minimum of X, shape (B, 1, 1, 1).
+
+    Returns:
+        ``(masked, unmasked)``, both X's shape: ``(X - s) * M + s`` and ``(X - s) * (1 - M) + s``.
+    """
+    if silence_level is None:
+        reduce_dims = tuple(range(1, spectrogram.dim()))
+        silence = spectrogram.amin(dim=reduce_dims, keepdim=True)
+    else:
+        silence = torch.as_tensor(silence_level, dtype=spectrogram.dtype, device=spectrogram.device)
+    mask = mask.to(device=spectrogram.device, dtype=spectrogram.dtype)
+    above_silence = spectrogram - silence
+    masked = above_silence * mask + silence
+    unmasked = above_silence * (1 - mask) + silence
+    return masked, unmasked

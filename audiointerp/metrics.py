@@ -1,0 +1,135 @@
+"""Per-clip faithfulness and complexity scores of one mask.
+
+Faithfulness metrics compare the classifier's probabilities on the original input, the input
+restricted to the mask (``masked``) and the input with the mask removed (``unmasked``), all
+for the class c the classifier predicts on the original. Complexity metrics look at the mask
+alone: SPS (sparseness, Gini index) and COMP (complexity, Shannon entropy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+METRIC_NAMES: tuple[str, ...] = ("FF", "AI", "AD", "AG", "FidIn", "SPS", "COMP")
+
+# Added to every |mask| value before the Gini index so an all-zero mask has a defined sum.
+_GINI_EPS = 1e-7
+# Keeps AD/AG finite when p_c is 0 or 1.
+_PROB_EPS = 1e-6
+# A mask whose range is below this (plus a relative part) carries no ranking: SPS = COMP = 0.
+_CONSTANT_ABS_TOL = 1e-8
+_CONSTANT_REL_TOL = 1e-5
+
+
+def _flatten_per_sample(mask: Tensor) -> Tensor:
+    """(B, ...) mask -> (B, N) float64 with N the product of the non-batch sizes.
+
+    float64 because Gini and entropy sum tens of thousands of terms per sample.
+    """
+    if mask.dim() < 1:
+        raise ValueError(f"mask must have a leading batch dimension, got shape {tuple(mask.shape)}")
+    return mask.detach().reshape(mask.shape[0], -1).to(torch.float64)
+
+
+def _is_constant(flat: Tensor) -> Tensor:
+    """(B, N) -> (B,) bool: True where the sample's range is negligible."""
+    value_range = flat.amax(dim=1) - flat.amin(dim=1)
+    return value_range < _CONSTANT_ABS_TOL + _CONSTANT_REL_TOL * flat.abs().amax(dim=1)
+
+
+def gini(mask: Tensor) -> Tensor:
+    """Gini index (SPS) of |mask| per sample; 0 is spread evenly, near 1 is concentrated.
+
+    With a_1 <= ... <= a_n the sorted values of |mask| + 1e-7,
+    ``gini = sum_i (2i - n - 1) a_i / (n * sum_i a_i)`` (i 1-based). Constant masks give 0.
+
+    Args:
+        mask: (B, ...) mask, usually (B, 1, F, T).
+
+    Returns:
+        (B,) float32 on the mask's device.
+    """
+    flat = _flatten_per_sample(mask)
+    n = flat.shape[1]
+    if n == 0:
+        return torch.zeros(flat.shape[0], dtype=torch.float32, device=mask.device)
+    values, _ = torch.sort(flat.abs() + _GINI_EPS, dim=1)
+    rank = torch.arange(1, n + 1, dtype=torch.float64, device=flat.device)
+    weights = 2 * rank - n - 1
+    index = (values * weights).sum(dim=1) / (n * values.sum(dim=1))
+    index = torch.where(_is_constant(flat), torch.zeros_like(index), index)
+    return index.to(torch.float32)
+
+
+def entropy(mask: Tensor) -> Tensor:
+    """Shannon entropy (COMP, natural log) of |mask| normalised to sum to 1, per sample.
+
+    ``-sum_j q_j ln q_j`` with ``q = |mask| / sum |mask|`` and 0 ln 0 = 0. Constant masks
+    (including all-zero ones, where q is undefined) give 0.
+
+    Args:
+        mask: (B, ...) mask, usually (B, 1, F, T).
+
+    Returns:
+        (B,) float32 on the mask's device.
+    """
+    flat = _flatten_per_sample(mask)
+    if flat.shape[1] == 0:
+        return torch.zeros(flat.shape[0], dtype=torch.float32, device=mask.device)
+    magnitude = flat.abs()
+    total = magnitude.sum(dim=1, keepdim=True)
+    constant = _is_constant(flat)
+    # Constant samples are zeroed below; a dummy total of 1 only avoids 0/0 for all-zero ones.
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    share = magnitude / safe_total
+    result = -torch.special.xlogy(share, share).sum(dim=1)
+    result = torch.where(constant, torch.zeros_like(result), result)
+    return result.to(torch.float32)
+
+
+def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """All of ``METRIC_NAMES`` for one mask, per clip.
+
+    With c = argmax p per row:
+    FF = p_c - p_unmasked_c; AI = 100 [p_masked_c > p_c];
+    AD = 100 max(0, p_c - p_masked_c) / (p_c + 1e-6);
+    AG = 100 max(0, p_masked_c - p_c) / (1 - p_c + 1e-6);
+    FidIn = [argmax p_masked == c]; SPS = ``gini(mask)``; COMP = ``entropy(mask)``.
+
+    Args:
+        p: (B, C) softmax probabilities on the original inputs.
+        p_masked: (B, C) probabilities on the inputs restricted to the mask.
+        p_unmasked: (B, C) probabilities on the inputs with the mask removed.
+        mask: (B, 1, F, T) mask (any shape with leading B).
+
+    Returns:
+        ``{metric: (B,) float32}`` in ``METRIC_NAMES`` order, on p's device.
+    """
+    if p.dim() != 2 or p_masked.shape != p.shape or p_unmasked.shape != p.shape:
+        raise ValueError(
+            "p, p_masked and p_unmasked must all be (B, C) with equal shapes, got "
+            f"{tuple(p.shape)}, {tuple(p_masked.shape)}, {tuple(p_unmasked.shape)}"
+        )
+    if mask.dim() < 1 or mask.shape[0] != p.shape[0]:
+        raise ValueError(f"mask must have leading batch size {p.shape[0]}, got shape {tuple(mask.shape)}")
+
+    p = p.detach().to(torch.float64)
+    p_masked = p_masked.detach().to(device=p.device, dtype=torch.float64)
+    p_unmasked = p_unmasked.detach().to(device=p.device, dtype=torch.float64)
+
+    predicted = p.argmax(dim=1, keepdim=True)  # (B, 1)
+    p_c = p.gather(1, predicted).squeeze(1)
+    masked_c = p_masked.gather(1, predicted).squeeze(1)
+    unmasked_c = p_unmasked.gather(1, predicted).squeeze(1)
+
+    results = {
+        "FF": p_c - unmasked_c,
+        "AI": 100.0 * (masked_c > p_c).to(torch.float64),
+        "AD": 100.0 * (p_c - masked_c).clamp_min(0) / (p_c + _PROB_EPS),
+        "AG": 100.0 * (masked_c - p_c).clamp_min(0) / (1 - p_c + _PROB_EPS),
+        "FidIn": (p_masked.argmax(dim=1) == predicted.squeeze(1)).to(torch.float64),
+        "SPS": gini(mask).to(p.device),
+        "COMP": entropy(mask).to(p.device),
+    }
+    return {name: results[name].to(torch.float32) for name in METRIC_NAMES}
