@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,3 +36,90 @@ def sample_wavs(shared_data: Path) -> list[Path]:
     if len(wavs) != 6:
         pytest.fail(f"expected 6 WAV clips in {shared_data / 'samples'}, found {len(wavs)}")
     return wavs
+
+
+# --- ESC-50 copy and a local HTTP server for download tests ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def esc50_root(shared_data: Path) -> Path:
+    """The partial shared ESC-50 copy (meta/esc50.csv with all 2000 rows, 735 FLAC clips)."""
+    root = shared_data / "esc50"
+    if not (root / "meta" / "esc50.csv").is_file() or not (root / "audio").is_dir():
+        pytest.fail(f"ESC-50 copy not found: expected meta/esc50.csv and audio/ in {root}")
+    return root
+
+
+@dataclass
+class LocalServer:
+    """A file server on 127.0.0.1 for one test.
+
+    Attributes:
+        url: base URL ending in "/"; ``url + name`` serves ``directory / name``.
+        requests: (path, Range header or None) of every GET, in order.
+        honour_range: answer ``Range: bytes=N-`` with 206 (else the whole file, as a server
+            without range support does).
+        cut_after: if set, whole-file answers announce the full length but stop after this many
+            bytes, like a dropped connection.
+    """
+
+    url: str
+    requests: list = field(default_factory=list)
+    honour_range: bool = True
+    cut_after: int | None = None
+
+
+class _FileHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - silence the per-request stderr lines
+        pass
+
+    def do_GET(self):
+        state = self.server.state
+        range_header = self.headers.get("Range")
+        state.requests.append((self.path, range_header))
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        start = 0
+        if range_header and state.honour_range:
+            match = re.fullmatch(r"bytes=(\d+)-", range_header)
+            start = int(match.group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        sent = body[start:]
+        if start == 0 and state.cut_after is not None:
+            sent = sent[:state.cut_after]
+            self.close_connection = True
+        self.wfile.write(sent)
+
+
+@pytest.fixture
+def serve_directory():
+    """``serve_directory(folder) -> LocalServer`` serving real files from ``folder``; stopped after the test."""
+    servers = []
+
+    def start(directory: Path) -> LocalServer:
+        handler = functools.partial(_FileHandler, directory=str(directory))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.state = LocalServer(url=f"http://127.0.0.1:{server.server_address[1]}/")
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server.state
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
