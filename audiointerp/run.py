@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from audiointerp import outputs, pipeline, train
 from audiointerp.errors import AudioInterpError
 from audiointerp.models import build_model
+from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
 log = logging.getLogger("audiointerp")
 
@@ -36,11 +37,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_settings(cfg: DictConfig) -> dict:
-    """Everything that determines the trained weights: the model cache key."""
+def model_settings(cfg: DictConfig, dataset) -> dict:
+    """Everything that determines the trained weights: the model cache key.
+
+    Clips missing from a partial copy of a dataset change the training set, so they are part of it.
+    """
     settings = OmegaConf.to_container(cfg, resolve=True)
-    return {"data": settings["data"], "feature": settings["feature"],
-            "model": {k: v for k, v in settings["model"].items() if k != "checkpoint"},
+    missing = {split: len(ids) for split, ids in getattr(dataset, "missing_clip_ids", {}).items()}
+    return {"data": settings["data"], "data_missing": missing, "feature": settings["feature"],
+            "model": {k: v for k, v in settings["model"].items() if k not in ("checkpoint", "pretrained_dir")},
             "train": {k: v for k, v in settings["train"].items() if k not in ("cache_dir", "cache")},
             "seed": settings["seed"]}
 
@@ -60,13 +65,18 @@ def run(cfg: DictConfig) -> Path:
         return pipeline.log_spectrograms(feature, clips.waveforms, cfg.eval_batch_size, device,
                                          desc=f"{split} spectrograms"), clips.labels
 
-    def load_train_valid():
+    if cfg.model.pretrained not in (None, "panns"):
+        raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
+
+    def load_train_valid():  # only called when a model must be trained, so a cache hit downloads nothing
+        if cfg.model.pretrained == "panns":
+            load_panns_weights(model, fetch_panns_checkpoint(Path(to_absolute_path(cfg.model.pretrained_dir))))
         return (*split_inputs("train"), *split_inputs("valid"))
 
     source = train.obtain_model(
         model, checkpoint=cfg.model.checkpoint and to_absolute_path(cfg.model.checkpoint),
         cache_dir=Path(to_absolute_path(cfg.train.cache_dir)) if cfg.train.cache else None,
-        settings=model_settings(cfg), run_dir=run_dir, load_train_valid=load_train_valid,
+        settings=model_settings(cfg, dataset), run_dir=run_dir, load_train_valid=load_train_valid,
         epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
 
     explainer = instantiate(cfg.explainer)
