@@ -84,7 +84,7 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         waveforms = clips.waveforms[start:start + batch_size].to(device)
         spectrogram = feature(waveforms)
         log_db = spectrogram.log_db  # (B, 1, F, T)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: explainers use target inside autograd graphs
             target = model(log_db).argmax(dim=1)
         attribution = explainer.attribute(model, log_db, target).detach()
         masks = make_masks(attribution, mask_names)

@@ -1,0 +1,114 @@
+"""End-to-end runs through the real CLI (`python -m audiointerp.run`), on real files on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiointerp.masks import MASK_NAMES
+from audiointerp.metrics import METRIC_NAMES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RANGES = {"FF": (-1, 1), "AI": (0, 100), "AD": (0, 100), "AG": (0, 100), "FidIn": (0, 1), "SPS": (0, 1),
+          "COMP": (0, math.log(64 * 501) + 1e-6)}
+
+
+def run_cli(*overrides: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "audiointerp.run", *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke")
+    result = run_cli("experiment=smoke", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(run_dir) in result.stdout, "the run must print where its results are"
+    return run_dir
+
+
+def test_smoke_run_writes_every_metric_csv_in_range(smoke_run):
+    n_clips = None
+    for mask_name in MASK_NAMES:
+        rows = read_csv(smoke_run / "metrics" / f"{mask_name}.csv")
+        assert list(rows[0]) == ["sample", "clip_id", "label", "predicted", "is_correct", *METRIC_NAMES]
+        n_clips = n_clips or len(rows)
+        assert len(rows) == n_clips == 16  # 8 classes x 2 test clips
+        for row in rows:
+            assert int(row["is_correct"]) == int(row["label"] == row["predicted"])
+            for metric, (low, high) in RANGES.items():
+                value = float(row[metric])
+                assert math.isfinite(value) and low - 1e-6 <= value <= high + 1e-6, (mask_name, metric, value)
+        # binary masks: SPS and COMP are defined, and AI/FidIn are indicators
+        assert {float(r["AI"]) for r in rows} <= {0.0, 100.0}
+        assert {float(r["FidIn"]) for r in rows} <= {0.0, 1.0}
+
+
+def test_smoke_run_summary_is_the_mean_of_the_csvs(smoke_run):
+    summary = {row["mask"]: row for row in read_csv(smoke_run / "summary.csv")}
+    assert list(summary) == list(MASK_NAMES)
+    for mask_name in ("topK_30", "sigmoid_pos"):
+        rows = read_csv(smoke_run / "metrics" / f"{mask_name}.csv")
+        for metric in METRIC_NAMES:
+            mean = np.mean([float(r[metric]) for r in rows])
+            assert float(summary[mask_name][metric]) == pytest.approx(mean, rel=1e-4, abs=1e-6)
+
+
+def test_smoke_run_writes_attributions_model_config_and_examples(smoke_run):
+    with np.load(smoke_run / "attributions.npz") as saved:
+        assert saved["attributions"].shape == (16, 1, 64, 501)
+        assert np.isfinite(saved["attributions"]).all()
+        assert len(saved["clip_ids"]) == 16
+    assert (smoke_run / "model.pt").stat().st_size > 0
+    assert (smoke_run / ".hydra" / "config.yaml").is_file()
+    report = json.loads((smoke_run / "run.json").read_text())
+    assert report["model_source"] == "trained" and report["n_clips"] == 16
+    examples = [p for p in (smoke_run / "examples").iterdir() if p.is_dir()]
+    assert len(examples) == 1  # n_examples=1 in the smoke preset
+    for mask_name in MASK_NAMES:
+        for kind in ("masked", "unmasked"):
+            audio, rate = sf.read(examples[0] / f"{mask_name}_{kind}.wav")
+            assert rate == 32000 and audio.shape == (160000,) and np.isfinite(audio).all()
+        assert (examples[0] / f"{mask_name}.png").stat().st_size > 1000
+    original, _ = sf.read(examples[0] / "original.wav")
+    assert np.abs(original).max() > 0.1
+    assert not list(smoke_run.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_second_run_reuses_the_cached_model(tmp_path):
+    cache = tmp_path / "cache"
+    common = ["experiment=smoke", "train.cache=true", f"train.cache_dir={cache}", "n_examples=0",
+              "mask=soft", "feature=stft"]
+    first = run_cli(*common, f"hydra.run.dir={tmp_path / 'first'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(*common, "explainer=gradcam", f"hydra.run.dir={tmp_path / 'second'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((tmp_path / "first" / "run.json").read_text())["model_source"] == "trained"
+    assert json.loads((tmp_path / "second" / "run.json").read_text())["model_source"] == "cache"
+    assert "epoch 1/" not in second.stderr
+    rows = read_csv(tmp_path / "second" / "metrics" / "minmax.csv")
+    assert len(rows) == 16
+    with np.load(tmp_path / "second" / "attributions.npz") as saved:
+        assert saved["attributions"].shape == (16, 1, 257, 313)
+
+
+def test_bad_input_gives_one_line_error(tmp_path):
+    result = run_cli("experiment=smoke", f"model.checkpoint={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: model.checkpoint") and "nope.pt" in lines[-1]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "summary.csv").exists()
