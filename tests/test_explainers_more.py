@@ -1,0 +1,278 @@
+"""LIME, SHAP (Deep and Gradient) and the Captum explainers on a tiny real Cnn14.
+
+The model's batch-norm statistics are calibrated on random spectrograms first: a freshly
+initialised Cnn14 has unit running variances that shrink activations block after block, leaving
+logits that barely depend on the input, against which sums and differences test nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from audiointerp.explainers.captum_methods import IntegratedGradients, Occlusion, SmoothGrad, silence_reference
+from audiointerp.explainers.lime import Lime
+from audiointerp.explainers.saliency import target_logit_gradient
+from audiointerp.explainers.shap import DeepShap, GradientShap, class_balanced_background
+from audiointerp.models import Cnn14
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+N_CLASSES = 5
+
+
+def calibrated_tiny_cnn14(n_frames: int, seed: int = 0) -> Cnn14:
+    """Cnn14 at width 1/16 with BN running statistics of random -40 +- 10 dB spectrograms, in eval mode."""
+    torch.manual_seed(seed)
+    model = Cnn14(n_bins=64, n_classes=N_CLASSES, width=1 / 16)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average: one pass sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 64, n_frames) * 10 - 40)
+    return model.eval()
+
+
+def spectrograms(n: int, n_frames: int = 100, seed: int = 1) -> torch.Tensor:
+    """(n, 1, 64, n_frames) dB spectrograms: noise around -40 dB with one loud patch each."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, 1, 64, n_frames, generator=generator) * 10 - 40
+    for i in range(n):
+        inputs[i, :, 8 + 12 * i:20 + 12 * i, 20 + 15 * i:50 + 15 * i] += 35
+    return inputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions gain nothing from a second thread, and on a busy 2-core machine the
+    threads' spin-waiting made these tests ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return calibrated_tiny_cnn14(n_frames=100, seed=1)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return spectrograms(2)
+
+
+@pytest.fixture(scope="module")
+def training_split():
+    """20 clips, 4 per class: (20, 1, 64, 100) inputs and (20,) labels."""
+    return spectrograms(20, seed=2), torch.arange(20) % N_CLASSES
+
+
+def logits_of(model, inputs):
+    with torch.no_grad():
+        return model(inputs)
+
+
+EXPLAINERS = {
+    "lime": lambda: Lime(num_samples=60, batch_size=64, random_state=0),
+    "shap": lambda: DeepShap(per_class=1, seed=0),
+    "shap_gradient": lambda: GradientShap(per_class=1, seed=0, n_samples=10, batch_size=10),
+    "integrated_gradients": lambda: IntegratedGradients(n_steps=8),
+    "smoothgrad": lambda: SmoothGrad(n_samples=4),
+    "occlusion": lambda: Occlusion(patch=(16, 25), stride=(16, 25)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+def test_explainer_gives_finite_maps_of_the_input_shape_that_depend_on_the_target(name, model, inputs, training_split):
+    explainer = EXPLAINERS[name]()
+    if explainer.needs_training_data:
+        explainer.prepare(model, *training_split)
+    target = torch.tensor([1, 3])
+    attribution = explainer.attribute(model, inputs, target)
+    assert attribution.shape == inputs.shape and attribution.dtype == inputs.dtype
+    assert torch.isfinite(attribution).all() and attribution.abs().sum() > 0
+    other_target = explainer.attribute(model, inputs[:1], torch.tensor([2]))
+    assert not torch.allclose(attribution[:1], other_target), "the map must be for the requested class"
+
+
+def test_configs_instantiate_each_explainer_with_the_run_seed_and_silence_level():
+    expected = {"lime": Lime, "shap": DeepShap, "shap_gradient": GradientShap,
+                "integrated_gradients": IntegratedGradients, "smoothgrad": SmoothGrad, "occlusion": Occlusion}
+    explainers = {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name, cls in expected.items():
+            cfg = compose(config_name="config", overrides=[f"explainer={name}", "mask.silence_level=-90", "seed=7"])
+            explainers[name] = instantiate(cfg.explainer)
+            assert type(explainers[name]) is cls
+    assert explainers["integrated_gradients"].silence_level == explainers["occlusion"].silence_level == -90
+    assert explainers["lime"].random_state == explainers["shap"].seed == explainers["shap_gradient"].seed == 7
+    assert (explainers["lime"].num_samples, explainers["lime"].batch_size) == (1000, 256)
+    assert explainers["shap"].per_class == 2 and explainers["shap"].check_additivity
+
+
+# --- SHAP ---------------------------------------------------------------------------------
+
+def test_background_is_class_balanced_and_seeded(training_split):
+    train_inputs, train_labels = training_split
+    background = class_balanced_background(train_inputs, train_labels, per_class=2, seed=0)
+    assert background.shape == (10, 1, 64, 100)
+    rows = [int(torch.nonzero((train_inputs == clip).all(dim=(1, 2, 3)))[0]) for clip in background]
+    assert sorted(np.bincount(train_labels[rows].numpy()).tolist()) == [2] * N_CLASSES
+    assert torch.equal(background, class_balanced_background(train_inputs, train_labels, 2, seed=0))
+    assert not torch.equal(background, class_balanced_background(train_inputs, train_labels, 2, seed=1))
+
+
+def test_deep_shap_attributions_add_up_to_the_target_logit_difference(model, inputs, training_split):
+    explainer = DeepShap(per_class=2, seed=0, check_additivity=True)  # shap asserts it too
+    explainer.prepare(model, *training_split)
+    parameter_names = [name for name, _ in model.named_parameters()]
+    logits = logits_of(model, inputs)
+    background_mean = logits_of(model, explainer.background).mean(0)
+    for target in (logits.argmax(1), torch.tensor([4, 0])):
+        attribution = explainer.attribute(model, inputs, target)
+        rise = logits.gather(1, target[:, None])[:, 0] - background_mean[target]
+        assert rise.abs().min() > 0.03, "the test needs outputs that differ from the background's"
+        torch.testing.assert_close(attribution.sum(dim=(1, 2, 3)), rise, rtol=1e-4, atol=1e-4)
+    # shap's hooks keep each ReLU's activations as nn.Parameters; none may stay in the model
+    assert [name for name, _ in model.named_parameters()] == parameter_names
+    assert not any(hasattr(m, "x") or hasattr(m, "_deeplift_io") for m in model.modules())
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+def test_deep_shap_removes_its_hooks_when_explaining_fails(model, inputs, training_split):
+    explainer = DeepShap(per_class=1, seed=0)
+    explainer.prepare(model, *training_split)
+
+    def run_out_of_memory(*_):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    # fails inside shap's loop, after its hooks went on, as an out-of-memory error would
+    failing = model.fc1.register_forward_hook(run_out_of_memory)
+    with pytest.raises(RuntimeError, match="simulated"):
+        explainer.attribute(model, inputs, torch.tensor([0, 0]))
+    failing.remove()
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    assert not any(hasattr(m, "x") or hasattr(m, "_deeplift_io") for m in model.modules())
+    torch.testing.assert_close(explainer.attribute(model, inputs, torch.tensor([1, 2])).sum(dim=(1, 2, 3)),
+                               logits_of(model, inputs)[:, [1, 2]].diagonal()
+                               - torch.from_numpy(explainer.background_logit_mean[[1, 2]]), rtol=1e-4, atol=1e-4)
+
+
+def test_deep_shap_needs_prepare_with_the_same_model(model, inputs):
+    explainer = DeepShap()
+    with pytest.raises(Exception, match="prepare"):
+        explainer.attribute(model, inputs, torch.tensor([0, 0]))
+
+
+def test_gradient_shap_is_seeded_and_leaves_numpy_global_state(model, inputs, training_split):
+    explainer = GradientShap(per_class=2, seed=3, n_samples=16, batch_size=16)
+    explainer.prepare(model, *training_split)
+    np.random.seed(123)
+    state_before = np.random.get_state()[1].copy()
+    first = explainer.attribute(model, inputs, torch.tensor([1, 1]))
+    assert np.array_equal(np.random.get_state()[1], state_before)
+    torch.testing.assert_close(explainer.attribute(model, inputs, torch.tensor([1, 1])), first)
+    # expected gradients is also roughly additive: its mean sums to f(x) - E f(bg) as samples grow
+    assert torch.isfinite(first).all()
+
+
+# --- LIME ---------------------------------------------------------------------------------
+
+def test_lime_is_reproducible_with_its_seed_and_paints_segments(model, inputs):
+    target = torch.tensor([2, 2])
+    first = Lime(num_samples=50, random_state=5).attribute(model, inputs, target)
+    again = Lime(num_samples=50, random_state=5).attribute(model, inputs, target)
+    other_seed = Lime(num_samples=50, random_state=6).attribute(model, inputs, target)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.allclose(first, other_seed)
+    # one weight per quickshift segment: far fewer distinct values than bins
+    assert 1 < len(torch.unique(first[0])) < 64 * 100 / 20
+
+
+def test_lime_explains_a_clip_the_same_alone_or_in_a_batch(model, inputs):
+    target = torch.tensor([2, 4])
+    batch = Lime(num_samples=50, random_state=5).attribute(model, inputs, target)
+    alone = Lime(num_samples=50, random_state=5).attribute(model, inputs[1:], target[1:])
+    torch.testing.assert_close(batch[1:], alone, rtol=0, atol=0)
+
+
+# --- Captum -------------------------------------------------------------------------------
+
+def test_integrated_gradients_completeness_error_shrinks_with_steps(model, inputs):
+    # Along the straight path a ReLU network's gradient jumps at every unit that switches, so
+    # the quadrature error falls roughly like 1 / n_steps rather than vanishing at small n.
+    target = logits_of(model, inputs).argmax(1)
+    baseline = torch.full_like(inputs, -100.0)
+    rise = logits_of(model, inputs).gather(1, target[:, None])[:, 0] - logits_of(model, baseline)[:, target].diagonal()
+    errors = {}
+    for n_steps in (8, 64):
+        attribution = IntegratedGradients(silence_level=-100.0, n_steps=n_steps).attribute(model, inputs, target)
+        errors[n_steps] = (attribution.sum(dim=(1, 2, 3)) - rise).abs().mean().item()
+    assert rise.abs().min() > 1.0, "the test needs a baseline the model tells apart from the input"
+    assert errors[64] < errors[8] / 4, errors
+    assert errors[64] < 0.05 * rise.abs().mean().item(), (errors, rise)
+
+
+def test_silence_reference_is_the_level_or_each_input_minimum(inputs):
+    torch.testing.assert_close(silence_reference(inputs, -90.0), torch.full_like(inputs, -90.0))
+    per_input_minimum = silence_reference(inputs, None)
+    for clip, reference in zip(inputs, per_input_minimum):
+        assert torch.equal(reference, torch.full_like(clip, clip.min().item()))
+
+
+def test_integrated_gradients_without_silence_level_starts_from_each_input_minimum(model, inputs):
+    target = logits_of(model, inputs).argmax(1)
+    attribution = IntegratedGradients(silence_level=None, n_steps=64).attribute(model, inputs, target)
+    minimum = silence_reference(inputs, None)
+    rise = logits_of(model, inputs)[:, target].diagonal() - logits_of(model, minimum)[:, target].diagonal()
+    assert rise.abs().min() > 1.0
+    torch.testing.assert_close(attribution.sum(dim=(1, 2, 3)), rise, rtol=0.05, atol=0.0)
+
+
+@pytest.mark.parametrize("silence_level", [-100.0, None])
+def test_occlusion_of_disjoint_patches_is_the_logit_drop_of_each_patch(model, inputs, silence_level):
+    target = torch.tensor([3, 1])
+    attribution = Occlusion(patch=(16, 25), stride=(16, 25), silence_level=silence_level,
+                            perturbations_per_eval=7).attribute(model, inputs, target)
+    full = logits_of(model, inputs)[:, target].diagonal()
+    for f0, t0 in [(0, 0), (16, 25), (48, 75)]:
+        occluded = inputs.clone()
+        fill = -100.0 if silence_level is None else silence_level
+        if silence_level is None:
+            fill = inputs.amin(dim=(1, 2, 3), keepdim=True).expand(-1, 1, 16, 25)
+        occluded[:, :, f0:f0 + 16, t0:t0 + 25] = fill
+        drop = full - logits_of(model, occluded)[:, target].diagonal()
+        patch = attribution[:, :, f0:f0 + 16, t0:t0 + 25]
+        torch.testing.assert_close(patch, drop.view(-1, 1, 1, 1).expand_as(patch), rtol=1e-4, atol=1e-5)
+
+
+def test_smoothgrad_without_noise_is_the_signed_gradient(model, inputs):
+    target = torch.tensor([0, 2])
+    attribution = SmoothGrad(noise_fraction=0.0, n_samples=3).attribute(model, inputs, target)
+    torch.testing.assert_close(attribution, target_logit_gradient(model, inputs, target), rtol=1e-4, atol=1e-6)
+    assert (attribution < 0).any() and (attribution > 0).any()
+
+
+def test_smoothgrad_noise_scales_with_each_input_range(model):
+    inputs = spectrograms(2)
+    inputs[1] = inputs[1] * 4  # four times the dB range of clip 0
+    target = torch.tensor([1, 1])
+    n_samples, fraction = 5, 0.1
+    torch.manual_seed(11)
+    attribution = SmoothGrad(noise_fraction=fraction, n_samples=n_samples).attribute(model, inputs, target)
+
+    # by hand, drawing the same noise as Captum's NoiseTunnel (one normal draw for the batch)
+    torch.manual_seed(11)
+    expanded = inputs.repeat_interleave(n_samples, dim=0)
+    unit_noise = torch.normal(0, torch.tensor(fraction).repeat(expanded.shape))
+    value_range = (inputs.amax(dim=(1, 2, 3)) - inputs.amin(dim=(1, 2, 3))).repeat_interleave(n_samples)
+    noisy = expanded + unit_noise * value_range.view(-1, 1, 1, 1)
+    gradients = target_logit_gradient(model, noisy, target.repeat_interleave(n_samples))
+    expected = gradients.view(2, n_samples, 1, 64, 100).mean(1)
+    torch.testing.assert_close(attribution, expected, rtol=1e-3, atol=1e-6)
