@@ -7,20 +7,20 @@
 Only the target logit is explained: the model is wrapped in :class:`TargetLogit`, a one-output
 model whose class is set per clip, so shap differentiates one output instead of all C.
 
-Two things the stock PyTorch DeepExplainer gets wrong on Cnn14, fixed in :class:`_CnnDeepExplainer`:
+Three things the stock PyTorch DeepExplainer gets wrong on Cnn14, fixed in :class:`_CnnDeepExplainer`:
 
 1. ``nn.AdaptiveMaxPool1d`` (Cnn14's max over time) is not among shap's supported modules; shap
    warns and passes the plain gradient through it, which routes the background's share of the
    difference to the wrong frames, so the attributions no longer add up (on calibrated tiny
    Cnn14s the error ran from a fifth of the explained logit difference to more than all of
    it). It gets DeepLIFT's max rule here, the one shap applies to ``nn.MaxPool1d``.
-3. Hooks and stored activations are removed only when ``shap_values`` succeeds; after an
-   exception (out of memory, say) a second call would stack a second set of hooks.
 2. The forward hooks store each ReLU's input and output as ``nn.Parameter`` attributes, and the
    clean-up only descends into ``nn.Sequential``-style containers. Inside Cnn14's ``ConvBlock``s
    they stay behind after every call: registered as model parameters (so they show up in
    ``state_dict()`` and ``parameters()``) and holding the last call's activations for the whole
    background. Here every module is cleaned.
+3. Hooks and stored activations are removed only when ``shap_values`` succeeds; after an
+   exception (out of memory, say) a second call would stack a second set of hooks.
 """
 
 from __future__ import annotations
