@@ -12,11 +12,11 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from audiointerp import outputs, pipeline, train
-from audiointerp.errors import AudioInterpError
+from audiointerp.errors import AudioInterpError, build
 from audiointerp.models import build_model
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
@@ -55,9 +55,9 @@ def run(cfg: DictConfig) -> Path:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    feature = instantiate(cfg.feature)
-    dataset = instantiate(cfg.data)
-    contaminate = instantiate(cfg.noise)
+    feature = build(cfg.feature)
+    dataset = build(cfg.data)
+    contaminate = build(cfg.noise)
     model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
 
     def split_inputs(split: str):
@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> Path:
         settings=model_settings(cfg, dataset), run_dir=run_dir, load_train_valid=load_train_valid,
         epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
 
-    explainer = instantiate(cfg.explainer)
+    explainer = build(cfg.explainer)
     if explainer.needs_training_data:
         explainer.prepare(model, *split_inputs("train"))
 

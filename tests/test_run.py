@@ -105,6 +105,18 @@ def test_second_run_reuses_the_cached_model(tmp_path):
         assert saved["attributions"].shape == (16, 1, 257, 313)
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("data=esc50 data.root={tmp}/no_such_dataset", "error: data.root="),
+    ("noise=white_gen noise.alpha=1.5", "error: noise.alpha"),
+    ("model.width=0", "error: model.width"),
+])
+def test_bad_config_values_give_one_line_errors(tmp_path, override, expected):
+    result = run_cli(*override.format(tmp=tmp_path).split(), f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(expected)
+    assert "Traceback" not in result.stderr and "InstantiationException" not in result.stderr
+
+
 def test_bad_input_gives_one_line_error(tmp_path):
     result = run_cli("experiment=smoke", f"model.checkpoint={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2

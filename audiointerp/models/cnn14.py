@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from audiointerp.errors import AudioInterpError
+
 #: Channel counts of the six conv blocks of the full-size Cnn14.
 CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
 
@@ -85,7 +87,7 @@ class Cnn14(nn.Module):
                  freq_mask_width: int = 10, time_mask_width: int = 20):
         super().__init__()
         if width <= 0:
-            raise ValueError(f"model.width must be > 0, got {width}")
+            raise AudioInterpError(f"model.width must be > 0, got {width}")
         channels = [max(1, round(c * width)) for c in CNN14_CHANNELS]
         self.n_bins = n_bins
         self.n_classes = n_classes
