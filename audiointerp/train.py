@@ -10,6 +10,9 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +61,6 @@ def fit(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, valid_inpu
     train_inputs/valid_inputs: (N, 1, F, T) dB spectrograms; labels (N,) int64. SpecAugment lives in
     the model and is active in train mode only, so validation and explanation never see it.
     """
-    import time
-
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -163,9 +164,6 @@ def obtain_model(model: nn.Module, *, checkpoint: str | None, cache_dir: Path | 
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    import os
-    import shutil
-
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         tmp.unlink()
