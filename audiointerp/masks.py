@@ -71,6 +71,16 @@ def _per_sample_quantiles(values: Tensor, levels: Sequence[float]) -> Tensor:
     return quantiles.reshape(len(levels), batch, *([1] * (values.dim() - 1)))
 
 
+def _top_fraction_masks(values: Tensor, selected: Sequence[str], percent_by_name: dict[str, int]) -> dict[str, Tensor]:
+    """{name: values >= q} for the selected names of ``percent_by_name``, q the per-sample
+    (1 - k/100) quantile of ``values`` (B, 1, F, T); one quantile pass serves all of them."""
+    names = [name for name in selected if name in percent_by_name]
+    if not names:
+        return {}
+    thresholds = _per_sample_quantiles(values, [1 - percent_by_name[name] / 100 for name in names])
+    return {name: values >= threshold for name, threshold in zip(names, thresholds)}
+
+
 def _validate_names(names: Sequence[str] | None) -> list[str]:
     if names is None:
         return list(MASK_NAMES)
@@ -127,12 +137,7 @@ def make_masks(attribution: Tensor, names: Sequence[str] | None = None) -> dict[
     if "bin" in selected:
         masks["bin"] = values > 0
 
-    topk_names = [name for name in selected if name in _TOPK_PERCENT]
-    if topk_names:
-        levels = [1 - _TOPK_PERCENT[name] / 100 for name in topk_names]
-        thresholds = _per_sample_quantiles(values, levels)
-        for name, threshold in zip(topk_names, thresholds):
-            masks[name] = values >= threshold
+    masks.update(_top_fraction_masks(values, selected, _TOPK_PERCENT))
 
     if "minmax_pos" in selected:
         masks["minmax_pos"] = minmax_pos
@@ -142,12 +147,7 @@ def make_masks(attribution: Tensor, names: Sequence[str] | None = None) -> dict[
         if name in _POS_THRESH_PERCENT:
             masks[name] = minmax_pos >= _POS_THRESH_PERCENT[name] / 100
 
-    topk_pos_names = [name for name in selected if name in _TOPK_POS_PERCENT]
-    if topk_pos_names:
-        levels = [1 - _TOPK_POS_PERCENT[name] / 100 for name in topk_pos_names]
-        thresholds = _per_sample_quantiles(positive, levels)
-        for name, threshold in zip(topk_pos_names, thresholds):
-            masks[name] = positive >= threshold
+    masks.update(_top_fraction_masks(positive, selected, _TOPK_POS_PERCENT))
 
     return {name: masks[name].to(torch.float32) for name in selected}
 
