@@ -145,6 +145,24 @@ def test_deep_shap_attributions_add_up_to_the_target_logit_difference(model, inp
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
 
 
+def test_deep_shap_in_background_chunks_equals_one_call(model, inputs, training_split):
+    """Chunks of 3, 3, 3 and 1 clips of the 10-clip background, weighted by size: the same
+    attributions (and sums) as one call over the whole background, with a quarter of the batch."""
+    target = torch.tensor([3, 1])
+    whole = DeepShap(per_class=2, seed=0, background_batch=None)
+    whole.prepare(model, *training_split)
+    chunked = DeepShap(per_class=2, seed=0, background_batch=3)
+    chunked.prepare(model, *training_split)
+    assert len(chunked.background) == 10
+    assert [share for _, _, share in chunked._chunks] == pytest.approx([0.3, 0.3, 0.3, 0.1])
+    expected = whole.attribute(model, inputs, target)
+    torch.testing.assert_close(chunked.attribute(model, inputs, target), expected, rtol=1e-4, atol=1e-6)
+    rise = logits_of(model, inputs)[[0, 1], target] - torch.from_numpy(chunked.background_logit_mean[target.numpy()])
+    torch.testing.assert_close(expected.sum(dim=(1, 2, 3)), rise, rtol=1e-4, atol=1e-4)
+    with pytest.raises(Exception, match="background_batch"):
+        DeepShap(background_batch=0)
+
+
 def test_deep_shap_removes_its_hooks_when_explaining_fails(model, inputs, training_split):
     explainer = DeepShap(per_class=1, seed=0)
     explainer.prepare(model, *training_split)

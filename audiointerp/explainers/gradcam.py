@@ -23,18 +23,19 @@ class GradCam(Explainer):
         captured: dict[str, Tensor] = {}
 
         def keep_activation(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            output.retain_grad()
             captured["activation"] = output
 
         handle = layer.register_forward_hook(keep_activation)
         try:
             with torch.enable_grad():
+                # The input requires grad so the graph exists even for a frozen model; the
+                # backward pass stops at the layer (no weight or input gradients are computed).
                 logits = model(inputs.detach().clone().requires_grad_(True))
-                logits.gather(1, target.view(-1, 1).to(logits.device)).sum().backward()
+                selected = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
+                activation = captured["activation"]  # (B, C, f, t)
+                (activation_grad,) = torch.autograd.grad(selected, activation)
         finally:
             handle.remove()
-        activation = captured["activation"]  # (B, C, f, t)
-        channel_weights = activation.grad.mean(dim=(2, 3), keepdim=True)
+        channel_weights = activation_grad.mean(dim=(2, 3), keepdim=True)
         cam = (channel_weights * activation).sum(dim=1, keepdim=True).detach()  # (B, 1, f, t)
-        model.zero_grad(set_to_none=True)
         return F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
