@@ -54,7 +54,7 @@ def build_explainers(args: argparse.Namespace) -> dict[str, Callable[[], Explain
         "gradcam": GradCam,
         "lime": lambda: Lime(num_samples=args.lime_samples, batch_size=args.lime_batch, random_state=0),
         "lime (batch 10)": lambda: Lime(num_samples=args.lime_samples, batch_size=10, random_state=0),
-        "shap": lambda: DeepShap(per_class=args.shap_per_class, seed=0),
+        "shap": lambda: DeepShap(per_class=args.shap_per_class, seed=0, background_batch=args.shap_background_batch),
         "shap_gradient": lambda: GradientShap(per_class=args.shap_per_class, seed=0,
                                               n_samples=args.shap_gradient_samples),
         "integrated_gradients": lambda: IntegratedGradients(silence_level=SILENCE_DB, n_steps=32,
@@ -153,6 +153,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lime-samples", type=int, default=1000, help="LIME perturbed spectrograms per clip")
     parser.add_argument("--lime-batch", type=int, default=256, help="LIME spectrograms per forward")
     parser.add_argument("--shap-per-class", type=int, default=2, help="SHAP background clips per class")
+    parser.add_argument("--shap-background-batch", type=int, default=25,
+                        help="SHAP background clips per shap call (attributions averaged over the chunks)")
     parser.add_argument("--shap-gradient-samples", type=int, default=200, help="shap_gradient evaluations per clip")
     parser.add_argument("--classes", type=int, default=50, help="classifier outputs (ESC-50: 50)")
     parser.add_argument("--forward-batch", type=int, default=128,
@@ -182,7 +184,7 @@ def main() -> None:
     print(f"input: {source}, (1, 64, 501) log-mel; {args.clips} timed clips, {args.batch_size} per attribute call; "
           f"{args.classes} classes; torch threads {torch.get_num_threads()}")
     print(f"lime: {args.lime_samples} samples, batch {args.lime_batch} (and 10); shap/shap_gradient: background "
-          f"{n_background} clips, shap_gradient {args.shap_gradient_samples} samples; IG 32 steps; SmoothGrad 16 samples; occlusion 8x20 "
+          f"{n_background} clips (shap in chunks of {args.shap_background_batch}), shap_gradient {args.shap_gradient_samples} samples; IG 32 steps; SmoothGrad 16 samples; occlusion 8x20 "
           f"stride 4x10; forward batch {args.forward_batch}; evaluation: 14 masks + one forward of 29 spectrograms/clip")
     header = f"{'model':<22} {'device':<7} {'explainer':<22} {'attribution clips/s':>20} {'evaluation clips/s':>19}"
     print(header)
