@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from audiointerp.atomic import atomic_path
 from audiointerp.data import ClipSet

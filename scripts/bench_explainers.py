@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,23 +66,16 @@ def build_explainers(args: argparse.Namespace) -> dict[str, Callable[[], Explain
 
 def load_log_mels(folder: Path, n_clips: int) -> torch.Tensor:
     """Up to ``n_clips`` audio files of ``folder`` (repeated if fewer) -> (n_clips, 1, 64, 501) dB."""
-    import librosa
-    import soundfile as sf
-
+    from audiointerp.data.audio import load_audio
     from audiointerp.features import LogMel
 
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".wav", ".flac", ".ogg"})
     if not paths:
         sys.exit(f"error: no .wav/.flac/.ogg files in {folder}")
-    n_samples = int(SAMPLE_RATE * CLIP_SECONDS)
-    waveforms = []
-    for path in paths[:n_clips]:
-        audio, file_rate = sf.read(path, dtype="float32", always_2d=True)
-        mono = librosa.resample(audio.mean(axis=1), orig_sr=file_rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
-        waveforms.append(np.pad(mono[:n_samples], (0, max(0, n_samples - len(mono)))))
+    waveforms = [load_audio(path, SAMPLE_RATE, CLIP_SECONDS, peak_normalise=False) for path in paths[:n_clips]]
     waveforms = [waveforms[i % len(waveforms)] for i in range(n_clips)]
     with torch.no_grad():
-        return LogMel(sample_rate=SAMPLE_RATE)(torch.from_numpy(np.stack(waveforms))).log_db.float()
+        return LogMel(sample_rate=SAMPLE_RATE)(torch.stack(waveforms)).log_db.float()
 
 
 def synthetic_log_mels(n_clips: int, seed: int = 0) -> torch.Tensor:

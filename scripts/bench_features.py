@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import librosa
 import numpy as np
-import soundfile as sf
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from audiointerp.data.audio import load_audio  # noqa: E402
 from audiointerp.features import MEL_INVERSIONS, LogMel, LogStft, SpectrogramFeature  # noqa: E402
 
 KEEP_FRACTION = 0.30
@@ -34,14 +33,11 @@ SILENCE_DB = -100.0
 
 
 def load_clips(wav_paths: list[Path], sample_rate: int) -> torch.Tensor:
-    """Read mono WAVs, resample with soxr_hq, return (B, samples) float32 (all clips equal length)."""
-    clips = []
-    for path in wav_paths:
-        audio, file_rate = sf.read(path, dtype="float32", always_2d=True)
-        mono = audio.mean(axis=1)
-        clips.append(librosa.resample(mono, orig_sr=file_rate, target_sr=sample_rate, res_type="soxr_hq"))
+    """Mono WAVs resampled as the pipeline loads them (not normalised), cut to the shortest:
+    (B, samples) float32."""
+    clips = [load_audio(path, sample_rate, duration_s=None, peak_normalise=False) for path in wav_paths]
     length = min(len(clip) for clip in clips)
-    return torch.from_numpy(np.stack([clip[:length] for clip in clips]))
+    return torch.stack([clip[:length] for clip in clips])
 
 
 def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:

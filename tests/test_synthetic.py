@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import librosa
-import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate

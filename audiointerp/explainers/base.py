@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 class Explainer:

@@ -15,12 +15,7 @@ from lime import lime_image
 from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.explainers.base import Explainer
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+from audiointerp.explainers.base import Explainer, model_device
 
 
 class Lime(Explainer):
@@ -44,7 +39,7 @@ class Lime(Explainer):
         self.random_state = random_state
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
-        device = _model_device(model)
+        device = model_device(model)
         attributions = [self._explain_one(model, clip[0].detach().cpu().double().numpy(), int(label), device)
                         for clip, label in zip(inputs, target.tolist())]
         return torch.from_numpy(np.stack(attributions)[:, None]).to(dtype=inputs.dtype, device=inputs.device)

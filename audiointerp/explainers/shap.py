@@ -33,7 +33,7 @@ from shap.explainers._deep.deep_pytorch import PyTorchDeep
 from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.explainers.base import Explainer
+from audiointerp.explainers.base import Explainer, model_device
 from audiointerp.models.cnn14 import SpecAugment
 
 #: Attributes the DeepLIFT forward hooks leave on modules (shap's and ours).
@@ -134,11 +134,6 @@ class _CnnDeepExplainer(PyTorchDeep):
             self.remove_attributes(self.model)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 class _BackgroundShap(Explainer):
     """Shared by both SHAP explainers: the background, the one-output wrapper, the clip loop."""
 
@@ -154,7 +149,7 @@ class _BackgroundShap(Explainer):
 
     def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor) -> None:
         model.eval()  # shap's multipliers assume inference behaviour (BN statistics, no dropout)
-        device = _model_device(model)
+        device = model_device(model)
         self.background = class_balanced_background(train_inputs, train_labels, self.per_class, self.seed).to(device)
         self._target_logit = TargetLogit(model)
         self._build(self._target_logit, self.background)
