@@ -141,6 +141,15 @@ class SpectrogramFeature(nn.Module):
         """Centre frequency of each feature bin in Hz, shape (F,) float32, increasing."""
         raise NotImplementedError
 
+    def bin_edges(self) -> Tensor:
+        """Lowest and highest frequency (Hz) each feature bin responds to, shape (F, 2) float32."""
+        raise NotImplementedError
+
+    @property
+    def frame_half_width_s(self) -> float:
+        """Half the analysis window in seconds: how far from its centre time a frame sees."""
+        return self.win_length / 2 / self.sample_rate
+
     # --- forward --------------------------------------------------------------------------
 
     def forward(self, waveform: Tensor) -> Spectrogram:
@@ -264,6 +273,12 @@ class LogStft(SpectrogramFeature):
         """Frequency of each STFT bin in Hz, shape (K,) float32: 0 to sample_rate / 2."""
         return torch.arange(self.n_linear_bins, dtype=torch.float32) * (self.sample_rate / self.n_fft)
 
+    def bin_edges(self) -> Tensor:
+        """Each STFT bin's frequency ± half the bin spacing, shape (K, 2) float32."""
+        centres = self.bin_frequencies()
+        half_spacing = self.sample_rate / self.n_fft / 2
+        return torch.stack([centres - half_spacing, centres + half_spacing], dim=1)
+
     def _bins_from_power(self, power: Tensor) -> Tensor:
         """Identity: (B, K, T) -> (B, K, T)."""
         return power
@@ -368,6 +383,11 @@ class LogMel(SpectrogramFeature):
         """
         edges = librosa.mel_frequencies(self.n_mels + 2, fmin=self.f_min, fmax=self.f_max)
         return torch.from_numpy(edges[1:-1].astype(np.float32))
+
+    def bin_edges(self) -> Tensor:
+        """The feet of each triangular mel filter in Hz, shape (n_mels, 2) float32."""
+        edges = librosa.mel_frequencies(self.n_mels + 2, fmin=self.f_min, fmax=self.f_max).astype(np.float32)
+        return torch.from_numpy(np.stack([edges[:-2], edges[2:]], axis=1))
 
     def _bins_from_power(self, power: Tensor) -> Tensor:
         """(B, K, T) STFT power -> (B, n_mels, T) mel power."""

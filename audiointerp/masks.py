@@ -7,6 +7,7 @@ batch of explanations is masked exactly as if each sample were processed on its 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -44,6 +45,12 @@ _QUANTILE_MAX_ELEMENTS = 2**24
 
 _EPS = 1e-8
 
+#: How top-K masks treat bins tied at the threshold. ``keep`` (the reference's definition and
+#: the default): every bin >= the (1 - K/100) quantile, so ties can make the mask larger than K %
+#: (a map with fewer than K % positive values gives an all-ones ``topK_*_pos``). ``rank``: exactly
+#: ceil(K/100 * F * T) bins by descending value, ties broken by position (stable sort).
+TIE_RULES: tuple[str, ...] = ("keep", "rank")
+
 
 def _per_sample_quantiles(values: Tensor, levels: Sequence[float]) -> Tensor:
     """Per-sample quantiles with torch.quantile's linear interpolation.
@@ -71,14 +78,26 @@ def _per_sample_quantiles(values: Tensor, levels: Sequence[float]) -> Tensor:
     return quantiles.reshape(len(levels), batch, *([1] * (values.dim() - 1)))
 
 
-def _top_fraction_masks(values: Tensor, selected: Sequence[str], percent_by_name: dict[str, int]) -> dict[str, Tensor]:
-    """{name: values >= q} for the selected names of ``percent_by_name``, q the per-sample
-    (1 - k/100) quantile of ``values`` (B, 1, F, T); one quantile pass serves all of them."""
+def _top_fraction_masks(values: Tensor, selected: Sequence[str], percent_by_name: dict[str, int],
+                        ties: str = "keep") -> dict[str, Tensor]:
+    """Top-K masks of ``values`` (B, 1, F, T) for the selected names of ``percent_by_name``.
+
+    ``ties="keep"``: {name: values >= q}, q the per-sample (1 - k/100) quantile (one quantile pass
+    serves all names). ``ties="rank"``: the ceil(k/100 * n) highest-ranked bins of each sample,
+    n = F * T, equal values ranked by position (one stable sort serves all names).
+    """
     names = [name for name in selected if name in percent_by_name]
     if not names:
         return {}
-    thresholds = _per_sample_quantiles(values, [1 - percent_by_name[name] / 100 for name in names])
-    return {name: values >= threshold for name, threshold in zip(names, thresholds)}
+    if ties == "keep":
+        thresholds = _per_sample_quantiles(values, [1 - percent_by_name[name] / 100 for name in names])
+        return {name: values >= threshold for name, threshold in zip(names, thresholds)}
+    flat = values.reshape(values.shape[0], -1)
+    n_bins = flat.shape[1]
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n_bins, device=flat.device).expand_as(order))
+    return {name: (rank < math.ceil(percent_by_name[name] / 100 * n_bins)).reshape(values.shape) for name in names}
 
 
 def _validate_names(names: Sequence[str] | None) -> list[str]:
@@ -89,29 +108,42 @@ def _validate_names(names: Sequence[str] | None) -> list[str]:
     unknown = [name for name in names if name not in MASK_NAMES]
     if unknown:
         raise AudioInterpError(
-            f"masks: unknown mask name(s) {', '.join(map(repr, unknown))}; "
+            f"mask.names: unknown mask name(s) {', '.join(map(repr, unknown))}; "
             f"expected any of {', '.join(MASK_NAMES)}"
         )
     requested = set(names)
     return [name for name in MASK_NAMES if name in requested]
 
 
-def make_masks(attribution: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+def validate(names: Sequence[str] | None, ties: str) -> list[str]:
+    """Check mask names and the tie rule before any work starts; returns the names in order.
+
+    Raises:
+        AudioInterpError: naming ``mask.names`` or ``mask.ties`` and what was expected.
+    """
+    if ties not in TIE_RULES:
+        raise AudioInterpError(f"mask.ties: expected one of {', '.join(TIE_RULES)}, got {ties!r}")
+    return _validate_names(names)
+
+
+def make_masks(attribution: Tensor, names: Sequence[str] | None = None, ties: str = "keep") -> dict[str, Tensor]:
     """Build masks from an attribution map.
 
     Args:
         attribution: (B, 1, F, T) attribution A (any rank >= 2 works; statistics are taken
             per sample over all non-batch dimensions). It is detached; gradients never flow.
         names: subset of ``MASK_NAMES`` to build; ``None`` builds all 14.
+        ties: how the top-K masks treat values tied at their threshold, one of ``TIE_RULES``.
 
     Returns:
         ``{name: mask}`` in ``MASK_NAMES`` order, each mask (B, 1, F, T) float32 on the
         attribution's device. Binary masks hold only 0. and 1.; soft masks lie in [0, 1].
 
     Raises:
-        AudioInterpError: a name in ``names`` is not one of ``MASK_NAMES``.
+        AudioInterpError: a name in ``names`` is not one of ``MASK_NAMES``, or ``ties`` is not
+            one of ``TIE_RULES``.
     """
-    selected = _validate_names(names)
+    selected = validate(names, ties)
     if attribution.dim() < 2:
         raise ValueError(f"attribution must be (B, 1, F, T), got shape {tuple(attribution.shape)}")
     values = attribution.detach()
@@ -137,7 +169,7 @@ def make_masks(attribution: Tensor, names: Sequence[str] | None = None) -> dict[
     if "bin" in selected:
         masks["bin"] = values > 0
 
-    masks.update(_top_fraction_masks(values, selected, _TOPK_PERCENT))
+    masks.update(_top_fraction_masks(values, selected, _TOPK_PERCENT, ties))
 
     if "minmax_pos" in selected:
         masks["minmax_pos"] = minmax_pos
@@ -147,7 +179,7 @@ def make_masks(attribution: Tensor, names: Sequence[str] | None = None) -> dict[
         if name in _POS_THRESH_PERCENT:
             masks[name] = minmax_pos >= _POS_THRESH_PERCENT[name] / 100
 
-    masks.update(_top_fraction_masks(positive, selected, _TOPK_POS_PERCENT))
+    masks.update(_top_fraction_masks(positive, selected, _TOPK_POS_PERCENT, ties))
 
     return {name: masks[name].to(torch.float32) for name in selected}
 

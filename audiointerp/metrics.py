@@ -133,3 +133,89 @@ def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor) -> dict
         "COMP": entropy(mask).to(p.device),
     }
     return {name: results[name].to(torch.float32) for name in METRIC_NAMES}
+
+
+# --- degeneracy: is a score measuring the explanation at all? -------------------------------
+
+MASK_STATISTIC_NAMES: tuple[str, ...] = ("kept", "degenerate")
+# Above this share of clips on one class, masked (or complementary) inputs tell nothing about
+# the explanation: the run says so.
+COLLAPSE_WARNING_SHARE = 0.9
+
+
+def kept(mask: Tensor) -> Tensor:
+    """Fraction of the spectrogram a mask keeps: its mean per sample (soft masks included).
+
+    Args:
+        mask: (B, ...) mask in [0, 1].
+
+    Returns:
+        (B,) float32.
+    """
+    return _flatten_per_sample(mask).mean(dim=1).to(torch.float32)
+
+
+def degenerate(mask: Tensor) -> Tensor:
+    """1.0 where a mask is constant (keeps all, removes all, or keeps everything equally), else 0.0.
+
+    Args:
+        mask: (B, ...) mask.
+
+    Returns:
+        (B,) float32.
+    """
+    flat = _flatten_per_sample(mask)
+    return (flat.amax(dim=1) == flat.amin(dim=1)).to(torch.float32)
+
+
+def mask_statistics(mask: Tensor) -> dict[str, Tensor]:
+    """``{"kept": (B,), "degenerate": (B,)}`` float32, in ``MASK_STATISTIC_NAMES`` order."""
+    return {"kept": kept(mask), "degenerate": degenerate(mask)}
+
+
+def collapse(predicted: Tensor) -> float:
+    """Share of clips assigned to the single most common class.
+
+    Args:
+        predicted: (N,) class indices, e.g. of the masked inputs of one mask.
+
+    Returns:
+        A share in (0, 1], NaN for no clips; 1.0 means one class for every clip.
+    """
+    if predicted.numel() == 0:
+        return float("nan")
+    counts = torch.bincount(predicted.reshape(-1).long().cpu())
+    return counts.max().item() / predicted.numel()
+
+
+def most_common(predicted: Tensor) -> int:
+    """The most common class index in (N,) ``predicted`` (the lowest index among equals)."""
+    return int(torch.bincount(predicted.reshape(-1).long().cpu()).argmax())
+
+
+def collapse_warning(masked: list[Tensor], unmasked: list[Tensor], class_names: list[str]) -> str | None:
+    """One warning line when, pooled over every mask and clip of a run, the masked or the
+    complementary inputs land on one class for more than ``COLLAPSE_WARNING_SHARE`` of them.
+
+    Args:
+        masked, unmasked: per mask, (N,) classes of the masked / complementary inputs.
+        class_names: names indexed by class.
+
+    Returns:
+        The line, or None when neither collapses.
+    """
+    parts = []
+    for kind, predictions in (("masked", masked), ("complementary", unmasked)):
+        if not predictions:
+            continue
+        pooled = torch.cat([p.reshape(-1) for p in predictions])
+        share = collapse(pooled)
+        if share > COLLAPSE_WARNING_SHARE:
+            label = most_common(pooled)
+            name = class_names[label] if label < len(class_names) else str(label)
+            parts.append(f"{share:.0%} of {kind} inputs are classified as class {label} ({name})")
+    if not parts:
+        return None
+    return ("warning: " + " and ".join(parts) + " over all masks and clips: the scores reflect how the model "
+            "reacts to masking, not the explanation (see collapse_* in summary.csv); try mask.silence_level=null "
+            "(each clip's own minimum) or a model trained on clips with silent regions")

@@ -2,7 +2,7 @@
 
 Layout under the run directory:
     metrics/<mask>.csv      one row per clip
-    summary.csv             mean of each metric per mask
+    summary.csv             mean of each metric per mask, and how degenerate the mask's scores are
     attributions.npz        all attributions with clip ids, labels, predictions
     examples/<clip_id>/     original.wav, <mask>_masked.wav, <mask>_unmasked.wav, <mask>.png
     run.json                accuracies, timings, where the model came from
@@ -21,10 +21,15 @@ import soundfile as sf
 
 from audiointerp.atomic import atomic_path
 from audiointerp.data import ClipSet
-from audiointerp.metrics import METRIC_NAMES
-from audiointerp.pipeline import Example, RunResults
+from audiointerp.metrics import MASK_STATISTIC_NAMES, METRIC_NAMES, collapse
+from audiointerp.pipeline import PREDICTION_COLUMNS, Example, RunResults
 
 CLIP_COLUMNS = ("sample", "clip_id", "label", "predicted", "is_correct")
+#: Per-clip values of one mask, after CLIP_COLUMNS, in metrics/<mask>.csv.
+SCORE_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *PREDICTION_COLUMNS)
+#: summary.csv: per mask, the mean of each metric and of ``kept``, the share of ``degenerate``
+#: masks, and the share of clips on the most common class of the masked / complementary inputs.
+SUMMARY_COLUMNS = ("mask", *METRIC_NAMES, *MASK_STATISTIC_NAMES, "collapse_masked", "collapse_unmasked")
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -45,20 +50,32 @@ def write_metrics(run_dir: Path, clips: ClipSet, results: RunResults) -> Path:
     labels = clips.labels.tolist()
     predicted = results.predicted.tolist()
     for mask_name, per_metric in results.metrics.items():
+        columns = {name: per_metric[name].tolist() for name in SCORE_COLUMNS}
         rows = []
         for i, clip_id in enumerate(clips.clip_ids):
             rows.append([i, clip_id, labels[i], predicted[i], int(labels[i] == predicted[i])]
-                        + [_number(per_metric[m][i].item()) for m in METRIC_NAMES])
-        _write_csv(folder / f"{mask_name}.csv", [*CLIP_COLUMNS, *METRIC_NAMES], rows)
+                        + [_number(columns[m][i]) for m in (*METRIC_NAMES, *MASK_STATISTIC_NAMES)]
+                        + [int(columns[m][i]) for m in PREDICTION_COLUMNS])
+        _write_csv(folder / f"{mask_name}.csv", [*CLIP_COLUMNS, *SCORE_COLUMNS], rows)
     return folder
 
 
-def write_summary(run_dir: Path, results: RunResults) -> Path:
-    """summary.csv: one row per mask, the mean of each metric over clips."""
-    rows = [[mask_name] + [_number(per_metric[m].float().mean().item()) for m in METRIC_NAMES]
-            for mask_name, per_metric in results.metrics.items()]
+def summarise(results: RunResults) -> dict[str, dict[str, float]]:
+    """{mask: {column of SUMMARY_COLUMNS but "mask": value}}, what summary.csv and run.json hold."""
+    summary = {}
+    for mask_name, per_metric in results.metrics.items():
+        row = {m: per_metric[m].double().mean().item() for m in (*METRIC_NAMES, *MASK_STATISTIC_NAMES)}
+        row["collapse_masked"] = collapse(per_metric["predicted_masked"])
+        row["collapse_unmasked"] = collapse(per_metric["predicted_unmasked"])
+        summary[mask_name] = row
+    return summary
+
+
+def write_summary(run_dir: Path, summary: dict[str, dict[str, float]]) -> Path:
+    """summary.csv: one row per mask, from :func:`summarise`."""
+    rows = [[mask_name] + [_number(row[c]) for c in SUMMARY_COLUMNS[1:]] for mask_name, row in summary.items()]
     path = Path(run_dir) / "summary.csv"
-    _write_csv(path, ["mask", *METRIC_NAMES], rows)
+    _write_csv(path, list(SUMMARY_COLUMNS), rows)
     return path
 
 

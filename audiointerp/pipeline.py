@@ -17,8 +17,13 @@ from tqdm.auto import tqdm
 
 from audiointerp.data import ClipSet
 from audiointerp.explainers import Explainer
+from audiointerp.localization import evidence_mask
 from audiointerp.masks import apply_mask, make_masks
-from audiointerp.metrics import METRIC_NAMES, score
+from audiointerp.metrics import mask_statistics, score
+
+#: Per-clip columns of each mask besides the metrics: the classes the masked and the
+#: complementary inputs were assigned to (what ``collapse`` counts).
+PREDICTION_COLUMNS: tuple[str, ...] = ("predicted_masked", "predicted_unmasked")
 
 
 @dataclass
@@ -42,7 +47,8 @@ class RunResults:
     """Per-clip results of explaining a ClipSet.
 
     attributions (N, 1, F, T); probabilities (N, C) of the unmasked inputs; predicted (N,);
-    metrics {mask: {metric: (N,)}}.
+    metrics {mask: {column: (N,)}} with the metrics and mask statistics (float32) and
+    ``PREDICTION_COLUMNS`` (int64).
     """
 
     attributions: Tensor
@@ -69,16 +75,17 @@ def _probabilities(model: nn.Module, inputs: Tensor, eval_batch_size: int) -> Te
 
 def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: ClipSet, *,
                       mask_names: list[str], silence_level: float | None, batch_size: int,
-                      eval_batch_size: int, device: torch.device, n_examples: int = 0,
+                      eval_batch_size: int, device: torch.device, ties: str = "keep", n_examples: int = 0,
                       on_example: Callable[[Example], None] | None = None) -> RunResults:
     """Explain every clip for its predicted class and score each mask.
 
     The attribution of a clip is computed once and reused for all masks. ``on_example`` receives
     the first ``n_examples`` clips with their inverted audio (for writing WAVs and plots).
+    Explainers that set ``needs_evidence`` get the clips' evidence region on the (F, T) grid.
     """
     model.eval().to(device)
     attributions, probabilities = [], []
-    metric_rows: dict[str, dict[str, list[Tensor]]] = {m: {k: [] for k in METRIC_NAMES} for m in mask_names}
+    metric_rows: dict[str, dict[str, list[Tensor]]] = {m: {} for m in mask_names}
     progress = tqdm(total=len(clips), desc=f"explaining ({explainer!r})", unit="clip")
     for start in range(0, len(clips), batch_size):
         waveforms = clips.waveforms[start:start + batch_size].to(device)
@@ -86,8 +93,12 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         log_db = spectrogram.log_db  # (B, 1, F, T)
         with torch.no_grad():  # not inference_mode: explainers use target inside autograd graphs
             target = model(log_db).argmax(dim=1)
-        attribution = explainer.attribute(model, log_db, target).detach()
-        masks = make_masks(attribution, mask_names)
+        context = {}
+        if getattr(explainer, "needs_evidence", False):
+            context["evidence"] = None if clips.evidence is None else evidence_mask(
+                clips.evidence[start:start + batch_size], feature, log_db.shape[-1]).to(device)
+        attribution = explainer.attribute(model, log_db, target, **context).detach()
+        masks = make_masks(attribution, mask_names, ties=ties)
 
         pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
         stacked = torch.cat([log_db] + [masked for masked, _ in pairs.values()]
@@ -95,10 +106,12 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         stacked_probabilities = _probabilities(model, stacked, eval_batch_size).view(1 + 2 * len(masks), len(log_db), -1)
         p = stacked_probabilities[0]
         for position, name in enumerate(masks):
-            scores = score(p, stacked_probabilities[1 + position],
-                           stacked_probabilities[1 + len(masks) + position], masks[name])
-            for metric, values in scores.items():
-                metric_rows[name][metric].append(values.float().cpu())
+            p_masked = stacked_probabilities[1 + position]
+            p_unmasked = stacked_probabilities[1 + len(masks) + position]
+            columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
+                       "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
+            for column, values in columns.items():
+                metric_rows[name].setdefault(column, []).append(values.cpu())
 
         attributions.append(attribution.float().cpu())
         probabilities.append(p.float().cpu())

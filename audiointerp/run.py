@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from audiointerp import outputs, pipeline, train
+from audiointerp import masks, metrics, outputs, pipeline, train
 from audiointerp.errors import AudioInterpError, build
 from audiointerp.models import build_model
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
@@ -58,7 +58,14 @@ def run(cfg: DictConfig) -> Path:
     feature = build(cfg.feature)
     dataset = build(cfg.data)
     contaminate = build(cfg.noise)
+    mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties)
+    explainer = build(cfg.explainer)
+    if explainer.needs_evidence and not getattr(dataset, "has_evidence", False):
+        choice = HydraConfig.get().runtime.choices.get("explainer")
+        raise AudioInterpError(f"explainer={choice}: needs clips with ground-truth evidence (data=synthetic); "
+                               f"data={HydraConfig.get().runtime.choices.get('data')} has none")
     model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
+    explainer.check(model)
 
     def split_inputs(split: str):
         clips = dataset.load_split(split)
@@ -79,7 +86,6 @@ def run(cfg: DictConfig) -> Path:
         settings=model_settings(cfg, dataset), run_dir=run_dir, load_train_valid=load_train_valid,
         epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
 
-    explainer = build(cfg.explainer)
     if explainer.needs_training_data:
         explainer.prepare(model, *split_inputs("train"))
 
@@ -88,18 +94,24 @@ def run(cfg: DictConfig) -> Path:
     clean_accuracy = train.accuracy(model, clean_inputs, clean.labels, cfg.eval_batch_size, device)
     clips = contaminate(clean)
     results = pipeline.explain_and_score(
-        model, explainer, feature, clips, mask_names=list(cfg.mask.names), silence_level=cfg.mask.silence_level,
-        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
+        model, explainer, feature, clips, mask_names=mask_names, silence_level=cfg.mask.silence_level,
+        ties=cfg.mask.ties, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
         n_examples=cfg.n_examples, on_example=outputs.ExampleWriter(run_dir, feature, feature.sample_rate))
 
     outputs.write_metrics(run_dir, clips, results)
-    summary = outputs.write_summary(run_dir, results)
+    per_mask = outputs.summarise(results)
+    summary = outputs.write_summary(run_dir, per_mask)
+    warning = metrics.collapse_warning([m["predicted_masked"] for m in results.metrics.values()],
+                                       [m["predicted_unmasked"] for m in results.metrics.values()], clips.class_names)
     outputs.write_attributions(run_dir, clips, results)
     explained_accuracy = (results.predicted == clips.labels).float().mean().item()
     report = {
         "split": cfg.split, "n_clips": len(clips), "clean_accuracy": clean_accuracy,
         "explained_accuracy": explained_accuracy, "model_source": source.kind, "model_path": str(source.path),
         "seconds": round(time.perf_counter() - started, 2), "device": str(device),
+        "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
+                  for name, row in per_mask.items()},
+        "collapse_warning": warning,
     }
     if source.train_result is not None:
         report.update(best_epoch=source.train_result.best_epoch,
@@ -108,6 +120,8 @@ def run(cfg: DictConfig) -> Path:
     outputs.write_json(run_dir / "run.json", report)
     print(f"{cfg.split} accuracy {clean_accuracy:.2%} (clean), {explained_accuracy:.2%} (explained, noise={contaminate.name}); "
           f"model: {source.kind}; {report['seconds']:.0f} s")
+    if warning:
+        print(warning)
     print(f"results: {run_dir.resolve()} (summary: {summary.resolve()})")
     return run_dir
 

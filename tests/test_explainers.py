@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.gradcam import GradCam
 from audiointerp.explainers.saliency import Saliency
 from audiointerp.models import Cnn14
@@ -54,3 +55,32 @@ def test_gradcam_matches_definition_and_keeps_negative_values(model_and_inputs):
                              mode="bilinear", align_corners=False)
     torch.testing.assert_close(attribution, expected.detach(), rtol=1e-4, atol=1e-6)
     assert (attribution < 0).any(), "signed Grad-CAM must keep negative evidence (no ReLU)"
+
+
+def test_gradcam_layer_option_weighs_the_chosen_module(model_and_inputs):
+    model, inputs = model_and_inputs
+    target = torch.tensor([1, 2, 0])
+    before_bn = GradCam(layer="conv_block6.conv2").attribute(model, inputs, target)
+    block_output = GradCam(layer="conv_block6").attribute(model, inputs, target)
+    assert block_output.shape == inputs.shape and torch.isfinite(block_output).all()
+    assert not torch.allclose(before_bn, block_output)
+
+    # by hand on the block's output: weights = mean gradient of the target logit over (f, t)
+    x = model.bn0(inputs.transpose(1, 2)).transpose(1, 2)
+    for block in model.conv_blocks[:5]:
+        x = block(x)
+    activation = model.conv_block6(x).detach().requires_grad_(True)
+    y = activation.mean(dim=2)
+    y = (model.time_max(y) + model.time_mean(y)).squeeze(-1)
+    logits = model.classifier(model.fc1_relu(model.fc1(y)))
+    logits.gather(1, target.view(-1, 1)).sum().backward()
+    weights = activation.grad.mean(dim=(2, 3), keepdim=True)
+    expected = F.interpolate((weights * activation).sum(1, keepdim=True), size=inputs.shape[-2:],
+                             mode="bilinear", align_corners=False)
+    torch.testing.assert_close(block_output, expected.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_gradcam_unknown_layer_names_the_option(model_and_inputs):
+    model, inputs = model_and_inputs
+    with pytest.raises(AudioInterpError, match="explainer.layer: Cnn14 has no module 'conv_block9'"):
+        GradCam(layer="conv_block9").attribute(model, inputs, torch.tensor([0, 0, 0]))

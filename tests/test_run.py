@@ -115,12 +115,25 @@ def test_second_run_reuses_the_cached_model(tmp_path):
     ("data=esc50 data.root={tmp}/no_such_dataset", "error: data.root="),
     ("noise=white_gen noise.alpha=1.5", "error: noise.alpha"),
     ("model.width=0", "error: model.width"),
+    ("mask.ties=random", "error: mask.ties"),
+    ("mask.names=[bin,foo]", "error: mask.names"),
+    ("explainer=gradcam explainer.layer=conv_block9", "error: explainer.layer"),
 ])
 def test_bad_config_values_give_one_line_errors(tmp_path, override, expected):
     result = run_cli(*override.format(tmp=tmp_path).split(), f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(expected)
     assert "Traceback" not in result.stderr and "InstantiationException" not in result.stderr
+
+
+def test_oracle_on_data_without_evidence_is_refused_before_training(tmp_path, esc50_root):
+    run_dir = tmp_path / "run"
+    result = run_cli("data=esc10", f"data.root={esc50_root}", "explainer=oracle", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: explainer=oracle: needs clips with ground-truth evidence (data=synthetic); data=esc10 has none")
+    assert "Traceback" not in result.stderr and "epoch 1/" not in result.stderr
+    assert not (run_dir / "model.pt").exists() and not (run_dir / "summary.csv").exists()
 
 
 def test_bad_input_gives_one_line_error(tmp_path):

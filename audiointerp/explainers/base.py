@@ -17,9 +17,15 @@ class Explainer:
 
     Subclasses that need data beyond the clip (a SHAP background, say) set
     ``needs_training_data`` and override :meth:`prepare`, called once per run before the first clip.
+    Reference explainers that read the ground truth (``oracle``) set ``needs_evidence``; they are
+    then called with ``evidence=`` the (B, 1, F, T) bool region of each clip's class event.
     """
 
     needs_training_data: bool = False
+    needs_evidence: bool = False
+
+    def check(self, model: nn.Module) -> None:
+        """Raise AudioInterpError if the explainer's settings do not fit ``model``; called before training."""
 
     def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor) -> None:
         """Called once with the training split's (N, 1, F, T) inputs and (N,) labels."""

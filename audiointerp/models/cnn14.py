@@ -51,6 +51,51 @@ class SpecAugment(nn.Module):
         return x.masked_fill(drop, 0.0)
 
 
+class MaskDropout(nn.Module):
+    """Set random bins of a dB spectrogram to the silence level, as a mask does (training only).
+
+    Removal-based metrics score an explanation by classifying masked inputs; a model that never
+    saw masked inputs answers them out of distribution, and the scores then measure that shift
+    rather than the explanation (Hase, Xie & Bansal, NeurIPS 2021, train on randomly masked
+    inputs for this reason). A share ``probability`` of training examples gets a random mask:
+    half of those i.i.d. over bins, half in coarse blocks (a random 8 x 16 grid stretched over
+    the spectrogram), each removing a share of bins drawn from [0, ``max_removed``).
+
+    Args:
+        probability: share of training examples masked; 0 turns it off.
+        max_removed: largest share of bins removed from one example.
+        level: dB of removed bins (the evaluation's ``mask.silence_level``); None = each
+            example's own minimum.
+    """
+
+    GRID = (8, 16)
+
+    def __init__(self, probability: float = 0.0, max_removed: float = 0.75, level: float | None = -100.0):
+        super().__init__()
+        if not 0.0 <= probability <= 1.0 or not 0.0 <= max_removed <= 1.0:
+            raise AudioInterpError(f"model.mask_dropout: expected probability and max_removed in [0, 1], "
+                                   f"got {probability!r} and {max_removed!r}")
+        self.probability = float(probability)
+        self.max_removed = float(max_removed)
+        self.level = level
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 1, F, T) dB -> same shape, with removed bins at the silence level."""
+        if not self.training or self.probability == 0.0:
+            return x
+        batch, _, n_freq, n_time = x.shape
+        device = x.device
+        chosen = torch.rand(batch, 1, 1, 1, device=device) < self.probability
+        rate = torch.rand(batch, 1, 1, 1, device=device) * self.max_removed
+        fine = torch.rand(batch, 1, n_freq, n_time, device=device)
+        coarse = nn.functional.interpolate(torch.rand(batch, 1, *self.GRID, device=device), size=(n_freq, n_time),
+                                           mode="nearest")
+        blocky = torch.rand(batch, 1, 1, 1, device=device) < 0.5
+        removed = chosen & (torch.where(blocky, coarse, fine) < rate)
+        level = x.amin(dim=(1, 2, 3), keepdim=True) if self.level is None else torch.full_like(x[:, :, :1, :1], self.level)
+        return torch.where(removed, level.expand_as(x), x)
+
+
 class ConvBlock(nn.Module):
     """Two 3x3 conv + BN + ReLU, then 2x2 average pooling (or none), then dropout."""
 
@@ -81,16 +126,20 @@ class Cnn14(nn.Module):
         width: scales every channel count; 1.0 is the real Cnn14.
         dropout: dropout after each conv block and around fc1.
         freq_mask_width, time_mask_width: SpecAugment stripe widths (bins, frames), training only.
+        mask_dropout, mask_dropout_max, silence_level: :class:`MaskDropout`'s probability,
+            max_removed and level, training only (0 = off, the PANNs recipe).
     """
 
     def __init__(self, n_bins: int = 64, n_classes: int = 50, width: float = 1.0, dropout: float = 0.2,
-                 freq_mask_width: int = 10, time_mask_width: int = 20):
+                 freq_mask_width: int = 10, time_mask_width: int = 20, mask_dropout: float = 0.0,
+                 mask_dropout_max: float = 0.75, silence_level: float | None = -100.0):
         super().__init__()
         if width <= 0:
             raise AudioInterpError(f"model.width must be > 0, got {width}")
         channels = [max(1, round(c * width)) for c in CNN14_CHANNELS]
         self.n_bins = n_bins
         self.n_classes = n_classes
+        self.mask_dropout = MaskDropout(mask_dropout, mask_dropout_max, silence_level)
         self.bn0 = nn.BatchNorm2d(n_bins)
         self.spec_augment = SpecAugment(freq_mask_width, time_mask_width)
         in_channels = [1, *channels[:-1]]
@@ -119,15 +168,11 @@ class Cnn14(nn.Module):
     def conv_blocks(self) -> list[ConvBlock]:
         return [getattr(self, f"conv_block{i}") for i in range(1, 7)]
 
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """The last conv layer of block 6, whose activations Grad-CAM weighs."""
-        return self.conv_block6.conv2
-
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 1, F, T) log spectrogram in dB -> (B, n_classes) logits."""
         if x.shape[2] != self.n_bins:
             raise ValueError(f"Cnn14 was built for {self.n_bins} frequency bins, got input {tuple(x.shape)}")
+        x = self.mask_dropout(x)
         # bn0 normalises each frequency bin: move bins to the channel axis and back.
         x = self.bn0(x.transpose(1, 2)).transpose(1, 2)
         x = self.spec_augment(x)
