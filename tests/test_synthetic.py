@@ -56,7 +56,7 @@ def test_split_shapes_dtype_range_and_balance(sample_rate: int) -> None:
         t_start, t_end, f_low, f_high = clips.evidence.unbind(dim=1)
         assert (t_start >= 0).all() and (t_end <= 5.0).all()
         assert ((t_end - t_start) >= 0.5 - 1e-4).all() and ((t_end - t_start) <= 1.5 + 1e-4).all()
-        assert (f_low >= 90).all() and (f_high <= 7000).all() and (f_high > f_low).all()
+        assert (f_low >= 40).all() and (f_high <= 7000).all() and (f_high > f_low).all()
 
 
 def test_labels_are_shuffled_not_blocked() -> None:
@@ -180,8 +180,9 @@ def test_evidence_box_holds_the_class_event(sample_rate: int) -> None:
 
 
 def test_distractors_stay_clear_of_the_class_event() -> None:
-    plain = _dataset(background=False, n_distractors=0, clips_per_class={"test": 2}).load_split("test")
-    distracted = _dataset(background=False, n_distractors=2, clips_per_class={"test": 2}).load_split("test")
+    plain = _dataset(background=False, n_distractors=0, padded_share=0.0, clips_per_class={"test": 2}).load_split("test")
+    distracted = _dataset(background=False, n_distractors=2, padded_share=0.0,
+                          clips_per_class={"test": 2}).load_split("test")
     assert torch.equal(plain.evidence, distracted.evidence)
     for clean, busy, box in zip(plain.waveforms, distracted.waveforms, plain.evidence.tolist()):
         start, end = round(box[0] * 32000), round(box[1] * 32000)
@@ -197,7 +198,7 @@ def test_distractors_stay_clear_of_the_class_event() -> None:
 
 
 def test_snr_sets_background_level() -> None:
-    clips = _dataset(snr_db=10.0, n_distractors=0, clips_per_class={"test": 2}).load_split("test")
+    clips = _dataset(snr_db=10.0, n_distractors=0, padded_share=0.0, clips_per_class={"test": 2}).load_split("test")
     for waveform, box in zip(clips.waveforms, clips.evidence.tolist()):
         start, end = round(box[0] * 32000), round(box[1] * 32000)
         outside = torch.cat([waveform[:start], waveform[end:]])
@@ -246,3 +247,36 @@ def test_classes_are_separable_by_a_linear_model() -> None:
         predictions = (test_features @ weights + bias).argmax(dim=1)
     accuracy = (predictions == test.labels).float().mean().item()
     assert accuracy >= 0.9, f"linear model reached only {accuracy:.3f} test accuracy"
+
+
+def _zero_frames(waveform: torch.Tensor, frame: int = 320) -> torch.Tensor:
+    """(n_frames,) bool: 10 ms frames (at 32 kHz) that are exactly zero."""
+    frames = waveform[: waveform.shape[0] // frame * frame].reshape(-1, frame)
+    return (frames == 0).all(dim=1)
+
+
+def test_padded_clips_are_digital_silence_outside_a_stretch_holding_the_event() -> None:
+    clips = _dataset(padded_share=1.0, padded_silence=[0.15, 0.75], clips_per_class={"test": 4}).load_split("test")
+    for waveform, box in zip(clips.waveforms, clips.evidence.tolist()):
+        zero = _zero_frames(waveform)
+        assert 0.12 <= zero.float().mean().item() <= 0.78
+        recorded = (~zero).nonzero().flatten()
+        # one contiguous stretch (zeros only before and after it) that holds the whole event
+        assert not zero[recorded[0]:recorded[-1] + 1].any()
+        assert recorded[0] * 0.01 <= box[0] and box[1] <= (recorded[-1] + 1) * 0.01
+    none = _dataset(padded_share=0.0, clips_per_class={"test": 4}).load_split("test")
+    assert not any(_zero_frames(w).any() for w in none.waveforms)
+
+
+def test_the_default_padded_share_matches_esc50() -> None:
+    """A fifth of the clips, like the 148 of 735 shared ESC-50 clips with >= 5 % zero frames."""
+    clips = SyntheticClips(clips_per_class={"train": 40}, seed=0).load_split("train")
+    padded = sum(_zero_frames(w).float().mean().item() >= 0.05 for w in clips.waveforms)
+    assert 0.14 <= padded / len(clips) <= 0.26, padded
+
+
+def test_clean_clips_have_nothing_but_their_events() -> None:
+    clean = _dataset(clean_share=1.0, padded_share=0.0, n_distractors=0, clips_per_class={"test": 2}).load_split("test")
+    for waveform, box in zip(clean.waveforms, clean.evidence.tolist()):
+        start, end = round(box[0] * 32000), round(box[1] * 32000)
+        assert waveform[:start].abs().max() == 0 and waveform[end:].abs().max() == 0

@@ -289,7 +289,7 @@ class SyntheticClips:
         n_classes: int = 8,
         clips_per_class: Mapping[str, int] | None = None,
         seed: int = 0,
-        snr_db: float | tuple[float, float] = (3.0, 15.0),
+        snr_db: float | tuple[float, float] = (3.0, 50.0),
         background: bool = True,
         n_distractors: int | tuple[int, int] = (1, 2),
         distractor_level_db: float | tuple[float, float] = (-8.0, -2.0),
