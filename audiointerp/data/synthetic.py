@@ -378,7 +378,8 @@ class SyntheticClips:
                 if self.background:
                     spectra[row] = _coloured_noise_spectrum(rng, log_frequencies)
                     background_rms[row] = 10 ** (-rng.uniform(*self.snr_db_range) / 20)
-                    if rng.random() < self.clean_share:
+                    # No draw when off, so clean_share=0 leaves every other clip as it was.
+                    if self.clean_share > 0 and rng.random() < self.clean_share:
                         background_rms[row] = 0.0
                 if rng.random() < self.padded_share:
                     recorded[row] = self._recorded_span(rng, clip_samples, evidence[clip_index])
