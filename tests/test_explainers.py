@@ -32,6 +32,24 @@ def test_saliency_is_the_target_logit_gradient(model_and_inputs):
     assert (attribution < 0).any() and (attribution > 0).any(), "saliency must stay signed"
 
 
+def _block6_input(model, inputs):
+    x = model.bn0(inputs.transpose(1, 2)).transpose(1, 2)
+    for block in model.conv_blocks[:5]:
+        x = block(x)
+    return x
+
+
+def _gradcam_by_hand(model, activation, block_output, target, size):
+    """Grad-CAM of ``activation`` (a leaf), with ``block_output`` computed from it: the head by hand."""
+    y = block_output.mean(dim=2)
+    y = (model.time_max(y) + model.time_mean(y)).squeeze(-1)
+    logits = model.classifier(model.fc1_relu(model.fc1(y)))
+    logits.gather(1, target.view(-1, 1)).sum().backward()
+    weights = activation.grad.mean(dim=(2, 3), keepdim=True)
+    cam = (weights * activation).sum(1, keepdim=True)
+    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+
+
 def test_gradcam_matches_definition_and_keeps_negative_values(model_and_inputs):
     model, inputs = model_and_inputs
     target = torch.tensor([1, 2, 0])
@@ -39,20 +57,10 @@ def test_gradcam_matches_definition_and_keeps_negative_values(model_and_inputs):
     assert attribution.shape == inputs.shape and torch.isfinite(attribution).all()
 
     # the definition, computed by hand: activation of block 6's last conv, gradients of the target logit
-    x = inputs.clone()
-    x = model.bn0(x.transpose(1, 2)).transpose(1, 2)
-    for block in model.conv_blocks[:5]:
-        x = block(x)
+    x = _block6_input(model, inputs)
     block6 = model.conv_block6
     activation = block6.conv2(block6.relu1(block6.bn1(block6.conv1(x)))).detach().requires_grad_(True)
-    y = block6.relu2(block6.bn2(activation))
-    y = y.mean(dim=2)
-    y = (model.time_max(y) + model.time_mean(y)).squeeze(-1)
-    logits = model.classifier(model.fc1_relu(model.fc1(y)))
-    logits.gather(1, target.view(-1, 1)).sum().backward()
-    weights = activation.grad.mean(dim=(2, 3), keepdim=True)
-    expected = F.interpolate((weights * activation).sum(1, keepdim=True), size=inputs.shape[-2:],
-                             mode="bilinear", align_corners=False)
+    expected = _gradcam_by_hand(model, activation, block6.relu2(block6.bn2(activation)), target, inputs.shape[-2:])
     torch.testing.assert_close(attribution, expected.detach(), rtol=1e-4, atol=1e-6)
     assert (attribution < 0).any(), "signed Grad-CAM must keep negative evidence (no ReLU)"
 
@@ -66,17 +74,8 @@ def test_gradcam_layer_option_weighs_the_chosen_module(model_and_inputs):
     assert not torch.allclose(before_bn, block_output)
 
     # by hand on the block's output: weights = mean gradient of the target logit over (f, t)
-    x = model.bn0(inputs.transpose(1, 2)).transpose(1, 2)
-    for block in model.conv_blocks[:5]:
-        x = block(x)
-    activation = model.conv_block6(x).detach().requires_grad_(True)
-    y = activation.mean(dim=2)
-    y = (model.time_max(y) + model.time_mean(y)).squeeze(-1)
-    logits = model.classifier(model.fc1_relu(model.fc1(y)))
-    logits.gather(1, target.view(-1, 1)).sum().backward()
-    weights = activation.grad.mean(dim=(2, 3), keepdim=True)
-    expected = F.interpolate((weights * activation).sum(1, keepdim=True), size=inputs.shape[-2:],
-                             mode="bilinear", align_corners=False)
+    activation = model.conv_block6(_block6_input(model, inputs)).detach().requires_grad_(True)
+    expected = _gradcam_by_hand(model, activation, activation, target, inputs.shape[-2:])
     torch.testing.assert_close(block_output, expected.detach(), rtol=1e-4, atol=1e-6)
 
 
