@@ -51,7 +51,8 @@ def test_smoke_run_writes_every_metric_csv_in_range(smoke_run):
     n_clips = None
     for mask_name in MASK_NAMES:
         rows = read_csv(smoke_run / "metrics" / f"{mask_name}.csv")
-        assert list(rows[0]) == ["sample", "clip_id", "label", "predicted", "is_correct", *METRIC_NAMES]
+        assert list(rows[0]) == ["sample", "clip_id", "label", "predicted", "is_correct", *METRIC_NAMES,
+                                 "kept", "degenerate", "predicted_masked", "predicted_unmasked"]
         n_clips = n_clips or len(rows)
         assert len(rows) == n_clips == 16  # 8 classes x 2 test clips
         for row in rows:
@@ -61,16 +62,27 @@ def test_smoke_run_writes_every_metric_csv_in_range(smoke_run):
         # binary masks: SPS and COMP are defined, and AI/FidIn are indicators
         assert {float(r["AI"]) for r in rows} <= {0.0, 100.0}
         assert {float(r["FidIn"]) for r in rows} <= {0.0, 1.0}
+        assert {float(r["degenerate"]) for r in rows} <= {0.0, 1.0}
+        for row in rows:
+            assert 0.0 <= float(row["kept"]) <= 1.0
+            # Fid-In is whether the masked input keeps the clip's prediction
+            assert int(row["FidIn"] == "1") == int(row["predicted_masked"] == row["predicted"]), row
 
 
 def test_smoke_run_summary_is_the_mean_of_the_csvs(smoke_run):
     summary = {row["mask"]: row for row in read_csv(smoke_run / "summary.csv")}
     assert list(summary) == list(MASK_NAMES)
+    report = json.loads((smoke_run / "run.json").read_text())
     for mask_name in ("topK_30", "sigmoid_pos"):
         rows = read_csv(smoke_run / "metrics" / f"{mask_name}.csv")
-        for metric in METRIC_NAMES:
+        for metric in (*METRIC_NAMES, "kept", "degenerate"):
             mean = np.mean([float(r[metric]) for r in rows])
             assert float(summary[mask_name][metric]) == pytest.approx(mean, rel=1e-4, abs=1e-6)
+        for kind in ("masked", "unmasked"):
+            classes = [r[f"predicted_{kind}"] for r in rows]
+            share = max(classes.count(c) for c in set(classes)) / len(classes)
+            assert float(summary[mask_name][f"collapse_{kind}"]) == pytest.approx(share)
+            assert report["masks"][mask_name][f"collapse_{kind}"] == pytest.approx(share)
 
 
 def test_smoke_run_writes_attributions_model_config_and_examples(smoke_run):
