@@ -14,6 +14,11 @@ import torch
 from torch import Tensor
 
 from audiointerp.errors import AudioInterpError
+from audiointerp.features import AMIN
+
+#: The silence floor in dB: what digital silence becomes in the features (10 log10 AMIN), and so
+#: the level masked-out bins are set to by default.
+SILENCE_DB: float = 10 * math.log10(AMIN)
 
 MASK_NAMES: tuple[str, ...] = (
     "minmax",
@@ -185,7 +190,7 @@ def make_masks(attribution: Tensor, names: Sequence[str] | None = None, ties: st
 
 
 def apply_mask(
-    spectrogram: Tensor, mask: Tensor, silence_level: float | None = -100.0
+    spectrogram: Tensor, mask: Tensor, silence_level: float | None = SILENCE_DB
 ) -> tuple[Tensor, Tensor]:
     """Keep the masked part of a dB spectrogram, and separately its complement.
 

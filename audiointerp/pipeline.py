@@ -94,7 +94,7 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         with torch.no_grad():  # not inference_mode: explainers use target inside autograd graphs
             target = model(log_db).argmax(dim=1)
         context = {}
-        if getattr(explainer, "needs_evidence", False):
+        if explainer.needs_evidence:
             context["evidence"] = None if clips.evidence is None else evidence_mask(
                 clips.evidence[start:start + batch_size], feature, log_db.shape[-1]).to(device)
         attribution = explainer.attribute(model, log_db, target, **context).detach()

@@ -61,9 +61,9 @@ def run(cfg: DictConfig) -> Path:
     mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties)
     explainer = build(cfg.explainer)
     if explainer.needs_evidence and not getattr(dataset, "has_evidence", False):
-        choice = HydraConfig.get().runtime.choices.get("explainer")
-        raise AudioInterpError(f"explainer={choice}: needs clips with ground-truth evidence (data=synthetic); "
-                               f"data={HydraConfig.get().runtime.choices.get('data')} has none")
+        choices = HydraConfig.get().runtime.choices
+        raise AudioInterpError(f"explainer={choices.get('explainer')}: needs clips with ground-truth evidence "
+                               f"(data=synthetic); data={choices.get('data')} has none")
     model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
     explainer.check(model)
 

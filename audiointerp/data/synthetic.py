@@ -370,7 +370,7 @@ class SyntheticClips:
             batch_size = batch.stop - batch.start
             spectra = np.empty((batch_size, log_frequencies.shape[0]), dtype=np.complex64)
             background_rms = np.empty((batch_size, 1), dtype=np.float32)
-            recorded = np.ones((batch_size, clip_samples), dtype=np.float32)
+            recorded: dict[int, np.ndarray] = {}  # row -> (clip_samples,) 0/1 span of a padded clip
             for row, clip_index in enumerate(range(batch.start, batch.stop)):
                 # A generator per clip: a clip depends only on (seed, split, index, label).
                 rng = np.random.default_rng([self.seed, split_index, clip_index])
@@ -388,7 +388,8 @@ class SyntheticClips:
                 noise = scipy.fft.irfft(spectra, n=clip_samples, axis=-1, workers=-1)
                 noise *= background_rms / np.sqrt(np.mean(noise**2, axis=-1, keepdims=True))
                 batch_waveforms += noise
-            batch_waveforms *= recorded
+            for row, span in recorded.items():
+                batch_waveforms[row] *= span
             peaks = np.max(np.abs(batch_waveforms), axis=-1, keepdims=True)
             batch_waveforms *= PEAK_LEVEL / np.maximum(peaks, 1e-12)
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import Explainer
+from audiointerp.masks import SILENCE_DB
 
 
 def silence_reference(inputs: Tensor, silence_level: float | None) -> Tensor:
@@ -44,7 +45,7 @@ class IntegratedGradients(Explainer):
             ``B * n_steps`` at once.
     """
 
-    def __init__(self, silence_level: float | None = -100.0, n_steps: int = 32, method: str = "gausslegendre",
+    def __init__(self, silence_level: float | None = SILENCE_DB, n_steps: int = 32, method: str = "gausslegendre",
                  internal_batch_size: int | None = None):
         if n_steps < 1:
             raise AudioInterpError(f"explainer.n_steps must be >= 1, got {n_steps}")
@@ -127,7 +128,7 @@ class Occlusion(Explainer):
     """
 
     def __init__(self, patch: Sequence[int] = (8, 20), stride: Sequence[int] = (4, 10),
-                 silence_level: float | None = -100.0, perturbations_per_eval: int = 64):
+                 silence_level: float | None = SILENCE_DB, perturbations_per_eval: int = 64):
         if len(patch) != 2 or len(stride) != 2 or min(*patch, *stride) < 1:
             raise AudioInterpError(f"explainer.patch and explainer.stride must be two positive ints "
                                    f"[frequency bins, frames], got patch={list(patch)}, stride={list(stride)}")

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
+from audiointerp.masks import SILENCE_DB
 
 #: Channel counts of the six conv blocks of the full-size Cnn14.
 CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
@@ -70,7 +71,7 @@ class MaskDropout(nn.Module):
 
     GRID = (8, 16)
 
-    def __init__(self, probability: float = 0.0, max_removed: float = 0.75, level: float | None = -100.0):
+    def __init__(self, probability: float = 0.0, max_removed: float = 0.75, level: float | None = SILENCE_DB):
         super().__init__()
         if not 0.0 <= probability <= 1.0 or not 0.0 <= max_removed <= 1.0:
             raise AudioInterpError(f"model.mask_dropout: expected probability and max_removed in [0, 1], "
@@ -132,7 +133,7 @@ class Cnn14(nn.Module):
 
     def __init__(self, n_bins: int = 64, n_classes: int = 50, width: float = 1.0, dropout: float = 0.2,
                  freq_mask_width: int = 10, time_mask_width: int = 20, mask_dropout: float = 0.0,
-                 mask_dropout_max: float = 0.75, silence_level: float | None = -100.0):
+                 mask_dropout_max: float = 0.75, silence_level: float | None = SILENCE_DB):
         super().__init__()
         if width <= 0:
             raise AudioInterpError(f"model.width must be > 0, got {width}")
