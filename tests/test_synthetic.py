@@ -198,7 +198,8 @@ def test_distractors_stay_clear_of_the_class_event() -> None:
 
 
 def test_snr_sets_background_level() -> None:
-    clips = _dataset(snr_db=10.0, n_distractors=0, padded_share=0.0, clips_per_class={"test": 2}).load_split("test")
+    clips = _dataset(snr_db=10.0, n_distractors=0, padded_share=0.0, clean_share=0.0,
+                     clips_per_class={"test": 2}).load_split("test")
     for waveform, box in zip(clips.waveforms, clips.evidence.tolist()):
         start, end = round(box[0] * 32000), round(box[1] * 32000)
         outside = torch.cat([waveform[:start], waveform[end:]])
@@ -256,7 +257,8 @@ def _zero_frames(waveform: torch.Tensor, frame: int = 320) -> torch.Tensor:
 
 
 def test_padded_clips_are_digital_silence_outside_a_stretch_holding_the_event() -> None:
-    clips = _dataset(padded_share=1.0, padded_silence=[0.15, 0.75], clips_per_class={"test": 4}).load_split("test")
+    clips = _dataset(padded_share=1.0, padded_silence=[0.15, 0.75], clean_share=0.0,
+                     clips_per_class={"test": 4}).load_split("test")
     for waveform, box in zip(clips.waveforms, clips.evidence.tolist()):
         zero = _zero_frames(waveform)
         assert 0.12 <= zero.float().mean().item() <= 0.78
@@ -264,13 +266,14 @@ def test_padded_clips_are_digital_silence_outside_a_stretch_holding_the_event() 
         # one contiguous stretch (zeros only before and after it) that holds the whole event
         assert not zero[recorded[0]:recorded[-1] + 1].any()
         assert recorded[0] * 0.01 <= box[0] and box[1] <= (recorded[-1] + 1) * 0.01
-    none = _dataset(padded_share=0.0, clips_per_class={"test": 4}).load_split("test")
+    none = _dataset(padded_share=0.0, clean_share=0.0, clips_per_class={"test": 4}).load_split("test")
     assert not any(_zero_frames(w).any() for w in none.waveforms)
 
 
 def test_the_default_padded_share_matches_esc50() -> None:
-    """A fifth of the clips, like the 148 of 735 shared ESC-50 clips with >= 5 % zero frames."""
-    clips = SyntheticClips(clips_per_class={"train": 40}, seed=0).load_split("train")
+    """A fifth of the clips, like the 148 of 735 shared ESC-50 clips with >= 5 % zero frames
+    (clean clips, silent outside their events, are counted apart)."""
+    clips = SyntheticClips(clips_per_class={"train": 40}, seed=0, clean_share=0.0).load_split("train")
     padded = sum(_zero_frames(w).float().mean().item() >= 0.05 for w in clips.waveforms)
     assert 0.14 <= padded / len(clips) <= 0.26, padded
 

@@ -122,7 +122,11 @@ def _noise_burst(rng: np.random.Generator, n_samples: int, sample_rate: int):
     centre = rng.uniform(1200.0, 4000.0)
     bandwidth = rng.uniform(600.0, 1500.0)
     f_low, f_high = centre - bandwidth / 2, centre + bandwidth / 2
-    return _band_noise(rng, n_samples, sample_rate, f_low, f_high), (f_low, f_high)
+    # An impact: the noise decays by 40-60 dB over the event, so a stationary rectangle of
+    # band-limited noise (what masking leaves of a background) does not look like this class.
+    decay_db = rng.uniform(40.0, 60.0)
+    envelope = 10 ** (-decay_db / 20 * np.arange(n_samples) / n_samples)
+    return _band_noise(rng, n_samples, sample_rate, f_low, f_high) * envelope, (f_low, f_high)
 
 
 def _click_train(rng: np.random.Generator, n_samples: int, sample_rate: int):
@@ -167,7 +171,7 @@ def _tone_pair(rng: np.random.Generator, n_samples: int, sample_rate: int):
 
 def _vibrato_tone(rng: np.random.Generator, n_samples: int, sample_rate: int):
     carrier = rng.uniform(800.0, 3000.0)
-    deviation_hz = rng.uniform(150.0, 350.0)
+    deviation_hz = rng.uniform(300.0, 600.0)
     rate_hz = rng.uniform(4.0, 7.0)
     t = _times(n_samples, sample_rate)
     phase = (2 * np.pi * carrier * t
@@ -295,7 +299,7 @@ class SyntheticClips:
         distractor_level_db: float | tuple[float, float] = (-8.0, -2.0),
         padded_share: float = 0.2,
         padded_silence: float | tuple[float, float] = (0.15, 0.75),
-        clean_share: float = 0.0,
+        clean_share: float = 0.3,
     ) -> None:
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or not 2 <= n_classes <= len(CLASS_EVENTS):
             raise AudioInterpError(
