@@ -72,6 +72,12 @@ class Spectrogram:
             length=self.length,
         )
 
+    def take(self, index: Tensor) -> Spectrogram:
+        """Clips ``index`` (M,) (repeats allowed) as a batch of M, e.g. to invert masked copies of many clips."""
+        index = index.to(self.log_db.device)
+        return Spectrogram(log_db=self.log_db[index], phase=self.phase[index], power=self.power[index],
+                           length=self.length)
+
     def expand(self, batch_size: int) -> Spectrogram:
         """Repeat a batch of one ``batch_size`` times, e.g. to invert many masks of one clip.
 

@@ -12,6 +12,10 @@ import torch
 from torch import Tensor
 
 METRIC_NAMES: tuple[str, ...] = ("FF", "AI", "AD", "AG", "FidIn", "SPS", "COMP")
+#: The metrics that depend on the classifier's outputs (the rest look at the mask alone).
+FAITHFULNESS_NAMES: tuple[str, ...] = ("FF", "AI", "AD", "AG", "FidIn")
+#: The faithfulness metrics on masked inputs turned into audio and analysed again (audio_metrics=true).
+AUDIO_METRIC_NAMES: tuple[str, ...] = tuple(f"{name}_audio" for name in FAITHFULNESS_NAMES)
 
 # Added to every |mask| value before the Gini index so an all-zero mask has a defined sum.
 _GINI_EPS = 1e-7

@@ -2,6 +2,9 @@
 
 Layout under the run directory:
     metrics/<mask>.csv      one row per clip
+    localization.csv        one row per clip: the attribution against the ground-truth evidence
+                            (only for data with evidence)
+    sanity.csv              one row per clip and randomisation step (only with sanity=true)
     summary.csv             mean of each metric per mask, and how degenerate the mask's scores are
     attributions.npz        all attributions with clip ids, labels, predictions
     examples/<clip_id>/     original.wav, <mask>_masked.wav, <mask>_unmasked.wav, <mask>.png
@@ -21,15 +24,22 @@ import soundfile as sf
 
 from audiointerp.atomic import atomic_path
 from audiointerp.data import ClipSet
-from audiointerp.metrics import MASK_STATISTIC_NAMES, METRIC_NAMES, collapse
+from audiointerp.localization import ATTRIBUTION_SCORE_NAMES, MASK_SCORE_NAMES
+from audiointerp.metrics import AUDIO_METRIC_NAMES, MASK_STATISTIC_NAMES, METRIC_NAMES, collapse
 from audiointerp.pipeline import PREDICTION_COLUMNS, Example, RunResults
 
 CLIP_COLUMNS = ("sample", "clip_id", "label", "predicted", "is_correct")
-#: Per-clip values of one mask, after CLIP_COLUMNS, in metrics/<mask>.csv.
-SCORE_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *PREDICTION_COLUMNS)
-#: summary.csv: per mask, the mean of each metric and of ``kept``, the share of ``degenerate``
-#: masks, and the share of clips on the most common class of the masked / complementary inputs.
-SUMMARY_COLUMNS = ("mask", *METRIC_NAMES, *MASK_STATISTIC_NAMES, "collapse_masked", "collapse_unmasked")
+#: Per-clip values of one mask, after CLIP_COLUMNS, in metrics/<mask>.csv, in this order. The
+#: localisation scores (binary masks on data with evidence) and the ``_audio`` metrics
+#: (audio_metrics=true) are written only where computed: absent, not zero, elsewhere.
+SCORE_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES, *PREDICTION_COLUMNS)
+#: summary.csv: per mask, the mean of each score column but the predictions (NaN-skipping for
+#: localisation scores, which are undefined on some clips), the share of ``degenerate`` masks, the
+#: share of clips on the most common class of the masked / complementary inputs, and the means of
+#: the attribution's localisation scores (the same in every row: they come before any mask).
+SUMMARY_COLUMNS = ("mask", *METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES,
+                   "collapse_masked", "collapse_unmasked", *ATTRIBUTION_SCORE_NAMES)
+_MEAN_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -45,37 +55,75 @@ def _number(value: float) -> str:
 
 
 def write_metrics(run_dir: Path, clips: ClipSet, results: RunResults) -> Path:
-    """metrics/<mask>.csv per mask; returns the metrics folder."""
+    """metrics/<mask>.csv per mask, with the ``SCORE_COLUMNS`` computed for it; returns the folder."""
     folder = Path(run_dir) / "metrics"
-    labels = clips.labels.tolist()
-    predicted = results.predicted.tolist()
     for mask_name, per_metric in results.metrics.items():
-        columns = {name: per_metric[name].tolist() for name in SCORE_COLUMNS}
-        rows = []
-        for i, clip_id in enumerate(clips.clip_ids):
-            rows.append([i, clip_id, labels[i], predicted[i], int(labels[i] == predicted[i])]
-                        + [_number(columns[m][i]) for m in (*METRIC_NAMES, *MASK_STATISTIC_NAMES)]
-                        + [int(columns[m][i]) for m in PREDICTION_COLUMNS])
-        _write_csv(folder / f"{mask_name}.csv", [*CLIP_COLUMNS, *SCORE_COLUMNS], rows)
+        columns = [c for c in SCORE_COLUMNS if c in per_metric]
+        values = {c: per_metric[c].tolist() for c in columns}
+        rows = [_clip_cells(clips, results, i)
+                + [int(values[c][i]) if c in PREDICTION_COLUMNS else _number(values[c][i]) for c in columns]
+                for i in range(len(clips))]
+        _write_csv(folder / f"{mask_name}.csv", [*CLIP_COLUMNS, *columns], rows)
     return folder
 
 
+def _clip_cells(clips: ClipSet, results: RunResults, i: int) -> list[Any]:
+    label, predicted = int(clips.labels[i]), int(results.predicted[i])
+    return [i, clips.clip_ids[i], label, predicted, int(label == predicted)]
+
+
+def write_localization(run_dir: Path, clips: ClipSet, results: RunResults) -> Path | None:
+    """localization.csv: ``ATTRIBUTION_SCORE_NAMES`` per clip; nothing for clips without evidence."""
+    if not results.localization:
+        return None
+    values = {c: results.localization[c].tolist() for c in ATTRIBUTION_SCORE_NAMES}
+    rows = [_clip_cells(clips, results, i) + [_number(values[c][i]) for c in ATTRIBUTION_SCORE_NAMES]
+            for i in range(len(clips))]
+    path = Path(run_dir) / "localization.csv"
+    _write_csv(path, [*CLIP_COLUMNS, *ATTRIBUTION_SCORE_NAMES], rows)
+    return path
+
+
+def _mean(values, skip_nan: bool) -> float:
+    values = values.double()
+    return (values.nanmean() if skip_nan else values.mean()).item()
+
+
+def localization_means(results: RunResults) -> dict[str, float]:
+    """Mean of each attribution-level localisation score over the clips where it is defined; {} without evidence."""
+    return {c: _mean(v, skip_nan=True) for c, v in results.localization.items()}
+
+
 def summarise(results: RunResults) -> dict[str, dict[str, float]]:
-    """{mask: {column of SUMMARY_COLUMNS but "mask": value}}, what summary.csv and run.json hold."""
+    """{mask: {column of SUMMARY_COLUMNS but "mask": value}} for the columns computed, what
+    summary.csv and run.json hold."""
+    attribution_level = localization_means(results)
     summary = {}
     for mask_name, per_metric in results.metrics.items():
-        row = {m: per_metric[m].double().mean().item() for m in (*METRIC_NAMES, *MASK_STATISTIC_NAMES)}
+        row = {c: _mean(per_metric[c], skip_nan=c in MASK_SCORE_NAMES) for c in _MEAN_COLUMNS if c in per_metric}
         row["collapse_masked"] = collapse(per_metric["predicted_masked"])
         row["collapse_unmasked"] = collapse(per_metric["predicted_unmasked"])
-        summary[mask_name] = row
+        summary[mask_name] = {c: (row | attribution_level)[c] for c in SUMMARY_COLUMNS[1:] if c in row | attribution_level}
     return summary
 
 
 def write_summary(run_dir: Path, summary: dict[str, dict[str, float]]) -> Path:
-    """summary.csv: one row per mask, from :func:`summarise`."""
-    rows = [[mask_name] + [_number(row[c]) for c in SUMMARY_COLUMNS[1:]] for mask_name, row in summary.items()]
+    """summary.csv: one row per mask, from :func:`summarise`; a column computed for some masks only
+    (IoU of the binary masks) is blank for the others."""
+    present = [c for c in SUMMARY_COLUMNS[1:] if any(c in row for row in summary.values())]
+    rows = [[mask_name] + [_number(row[c]) if c in row else "" for c in present] for mask_name, row in summary.items()]
     path = Path(run_dir) / "summary.csv"
-    _write_csv(path, list(SUMMARY_COLUMNS), rows)
+    _write_csv(path, ["mask", *present], rows)
+    return path
+
+
+def write_sanity(run_dir: Path, rows: list) -> Path:
+    """sanity.csv: one row per clip and step of :func:`audiointerp.sanity.randomisation_checks`."""
+    from audiointerp.sanity import SANITY_COLUMNS
+
+    path = Path(run_dir) / "sanity.csv"
+    _write_csv(path, list(SANITY_COLUMNS),
+               [[r.step, r.randomised, r.sample, r.clip_id, r.target, _number(r.spearman), _number(r.ssim)] for r in rows])
     return path
 
 

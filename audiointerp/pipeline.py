@@ -8,6 +8,7 @@ examples are an option of it, not a second copy of it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,9 +18,15 @@ from tqdm.auto import tqdm
 
 from audiointerp.data import ClipSet
 from audiointerp.explainers import Explainer
-from audiointerp.localization import evidence_mask
-from audiointerp.masks import apply_mask, make_masks
-from audiointerp.metrics import mask_statistics, score
+from audiointerp.features import Spectrogram
+from audiointerp.localization import attribution_scores, evidence_mask, mask_scores
+from audiointerp.masks import BINARY_MASK_NAMES, apply_mask, make_masks
+from audiointerp.metrics import FAITHFULNESS_NAMES, mask_statistics, score
+
+#: Spectrograms inverted at once on the CPU for the audio-domain metrics: the mel inverse's
+#: (batch, K, T) temporaries fall out of cache beyond a few (2-core box: 1.27 s per clip at 4,
+#: 1.38 at 8, 1.98 at 32). On a GPU, eval_batch_size is used.
+CPU_INVERSE_BATCH = 4
 
 #: Per-clip columns of each mask besides the metrics: the classes the masked and the
 #: complementary inputs were assigned to (what ``collapse`` counts).
@@ -47,14 +54,18 @@ class RunResults:
     """Per-clip results of explaining a ClipSet.
 
     attributions (N, 1, F, T); probabilities (N, C) of the unmasked inputs; predicted (N,);
-    metrics {mask: {column: (N,)}} with the metrics and mask statistics (float32) and
-    ``PREDICTION_COLUMNS`` (int64).
+    metrics {mask: {column: (N,)}} with the metrics and mask statistics (float32), ``PREDICTION_COLUMNS``
+    (int64), and where computed the binary masks' ``MASK_SCORE_NAMES`` and ``AUDIO_METRIC_NAMES``;
+    localization {score: (N,)} float32 with ``ATTRIBUTION_SCORE_NAMES`` for clips with evidence,
+    empty otherwise; audio_seconds_per_clip: the audio-domain path's cost, None when off.
     """
 
     attributions: Tensor
     probabilities: Tensor
     predicted: Tensor
     metrics: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    localization: dict[str, Tensor] = field(default_factory=dict)
+    audio_seconds_per_clip: float | None = None
 
 
 def log_spectrograms(feature, waveforms: Tensor, batch_size: int, device: torch.device,
@@ -73,19 +84,48 @@ def _probabilities(model: nn.Module, inputs: Tensor, eval_batch_size: int) -> Te
                       for i in range(0, len(inputs), eval_batch_size)])
 
 
+def audio_domain_inputs(feature, spectrogram: Spectrogram, log_dbs: Tensor, clip_index: Tensor,
+                        batch_size: int) -> Tensor:
+    """Masked spectrograms -> audio (the feature's inverse, with each clip's phase) -> spectrograms again.
+
+    What the model hears when a masked spectrogram is played: the inverse cannot realise every
+    masked spectrogram exactly (overlapping frames, mel bands), so this differs from ``log_dbs``.
+
+    Args:
+        spectrogram: the clips' analysis (B clips).
+        log_dbs: (M, 1, F, T) masked copies in dB, row m a copy of clip ``clip_index[m]``.
+        clip_index: (M,) int64 in [0, B).
+        batch_size: spectrograms inverted at once (bounds the (batch, K, T) complex STFTs).
+
+    Returns:
+        (M, 1, F, T) float32 log spectrograms of the inverted audio, on ``log_dbs``' device.
+    """
+    chunks = []
+    for start in range(0, len(log_dbs), batch_size):
+        rows = slice(start, start + batch_size)
+        audio = feature.inverse(log_dbs[rows], spectrogram.take(clip_index[rows]))
+        chunks.append(feature(audio).log_db.float())
+    return torch.cat(chunks)
+
+
 def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: ClipSet, *,
                       mask_names: list[str], silence_level: float | None, batch_size: int,
                       eval_batch_size: int, device: torch.device, ties: str = "keep", n_examples: int = 0,
-                      on_example: Callable[[Example], None] | None = None) -> RunResults:
+                      on_example: Callable[[Example], None] | None = None,
+                      audio_metrics: bool = False) -> RunResults:
     """Explain every clip for its predicted class and score each mask.
 
     The attribution of a clip is computed once and reused for all masks. ``on_example`` receives
     the first ``n_examples`` clips with their inverted audio (for writing WAVs and plots).
-    Explainers that set ``needs_evidence`` get the clips' evidence region on the (F, T) grid.
+    Clips with ground-truth evidence get localisation scores (``RunResults.localization``, and
+    IoU, precision, recall for binary masks); explainers that set ``needs_evidence`` get the
+    region too. ``audio_metrics`` adds the faithfulness metrics on :func:`audio_domain_inputs`.
     """
     model.eval().to(device)
     attributions, probabilities = [], []
     metric_rows: dict[str, dict[str, list[Tensor]]] = {m: {} for m in mask_names}
+    localization_rows: dict[str, list[Tensor]] = {}
+    audio_seconds = 0.0
     progress = tqdm(total=len(clips), desc=f"explaining ({explainer!r})", unit="clip")
     for start in range(0, len(clips), batch_size):
         waveforms = clips.waveforms[start:start + batch_size].to(device)
@@ -93,25 +133,40 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         log_db = spectrogram.log_db  # (B, 1, F, T)
         with torch.no_grad():  # not inference_mode: explainers use target inside autograd graphs
             target = model(log_db).argmax(dim=1)
-        context = {}
-        if explainer.needs_evidence:
-            context["evidence"] = None if clips.evidence is None else evidence_mask(
-                clips.evidence[start:start + batch_size], feature, log_db.shape[-1]).to(device)
+        evidence = None if clips.evidence is None else evidence_mask(
+            clips.evidence[start:start + batch_size], feature, log_db.shape[-1])  # (B, 1, F, T) bool, CPU
+        context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
         attribution = explainer.attribute(model, log_db, target, **context).detach()
         masks = make_masks(attribution, mask_names, ties=ties)
 
         pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
-        stacked = torch.cat([log_db] + [masked for masked, _ in pairs.values()]
-                            + [unmasked for _, unmasked in pairs.values()])
-        stacked_probabilities = _probabilities(model, stacked, eval_batch_size).view(1 + 2 * len(masks), len(log_db), -1)
+        variants = torch.cat([masked for masked, _ in pairs.values()] + [unmasked for _, unmasked in pairs.values()])
+        stacked_probabilities = _probabilities(model, torch.cat([log_db, variants]), eval_batch_size).view(
+            1 + 2 * len(masks), len(log_db), -1)
+        if audio_metrics:
+            began = time.perf_counter()
+            clip_index = torch.arange(len(log_db)).repeat(2 * len(masks))  # variants are mask-major
+            heard = audio_domain_inputs(feature, spectrogram, variants, clip_index,
+                                        eval_batch_size if device.type == "cuda" else CPU_INVERSE_BATCH)
+            audio_probabilities = _probabilities(model, heard, eval_batch_size).view(2 * len(masks), len(log_db), -1)
+            audio_seconds += time.perf_counter() - began
         p = stacked_probabilities[0]
         for position, name in enumerate(masks):
             p_masked = stacked_probabilities[1 + position]
             p_unmasked = stacked_probabilities[1 + len(masks) + position]
             columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
                        "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
+            if evidence is not None and name in BINARY_MASK_NAMES:
+                columns.update(mask_scores(masks[name], evidence))
+            if audio_metrics:
+                heard_scores = score(p, audio_probabilities[position], audio_probabilities[len(masks) + position],
+                                     masks[name])
+                columns.update({f"{m}_audio": heard_scores[m] for m in FAITHFULNESS_NAMES})
             for column, values in columns.items():
                 metric_rows[name].setdefault(column, []).append(values.cpu())
+        if evidence is not None:
+            for column, values in attribution_scores(attribution, evidence).items():
+                localization_rows.setdefault(column, []).append(values)
 
         attributions.append(attribution.float().cpu())
         probabilities.append(p.float().cpu())
@@ -127,6 +182,8 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         probabilities=probabilities_all,
         predicted=probabilities_all.argmax(dim=1),
         metrics={m: {k: torch.cat(v) for k, v in rows.items()} for m, rows in metric_rows.items()},
+        localization={k: torch.cat(v) for k, v in localization_rows.items()},
+        audio_seconds_per_clip=audio_seconds / len(clips) if audio_metrics and len(clips) else None,
     )
 
 

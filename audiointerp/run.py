@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from audiointerp import masks, metrics, outputs, pipeline, train
+from audiointerp import masks, metrics, outputs, pipeline, sanity, train
 from audiointerp.errors import AudioInterpError, build
 from audiointerp.models import build_model
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
@@ -59,6 +59,9 @@ def run(cfg: DictConfig) -> Path:
     dataset = build(cfg.data)
     contaminate = build(cfg.noise)
     mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties)
+    sanity.check_options(cfg.sanity, cfg.sanity_clips)
+    if not isinstance(cfg.audio_metrics, bool):
+        raise AudioInterpError(f"audio_metrics: expected true or false, got {cfg.audio_metrics!r}")
     explainer = build(cfg.explainer)
     if explainer.needs_evidence and not getattr(dataset, "has_evidence", False):
         choices = HydraConfig.get().runtime.choices
@@ -96,9 +99,18 @@ def run(cfg: DictConfig) -> Path:
     results = pipeline.explain_and_score(
         model, explainer, feature, clips, mask_names=mask_names, silence_level=cfg.mask.silence_level,
         ties=cfg.mask.ties, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
-        n_examples=cfg.n_examples, on_example=outputs.ExampleWriter(run_dir, feature, feature.sample_rate))
+        n_examples=cfg.n_examples, on_example=outputs.ExampleWriter(run_dir, feature, feature.sample_rate),
+        audio_metrics=cfg.audio_metrics)
+    sanity_lines, sanity_summary = [], None
+    if cfg.sanity:
+        rows = sanity.check_clips(model, explainer, feature, clips, n_clips=cfg.sanity_clips, seed=cfg.seed,
+                                  batch_size=cfg.batch_size, device=device)
+        outputs.write_sanity(run_dir, rows)
+        sanity_summary = sanity.summarise(rows)
+        sanity_lines = sanity.verdict(repr(explainer), sanity_summary)
 
     outputs.write_metrics(run_dir, clips, results)
+    outputs.write_localization(run_dir, clips, results)
     per_mask = outputs.summarise(results)
     summary = outputs.write_summary(run_dir, per_mask)
     warning = metrics.collapse_warning([m["predicted_masked"] for m in results.metrics.values()],
@@ -112,6 +124,11 @@ def run(cfg: DictConfig) -> Path:
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
                   for name, row in per_mask.items()},
         "collapse_warning": warning,
+        # after the sanity checks, which randomise the model in place and restore it: a check that it did
+        "model_sha256": train.fingerprint(model),
+        "localization": outputs.localization_means(results) or None,
+        "audio_seconds_per_clip": results.audio_seconds_per_clip,
+        "sanity": sanity_summary, "sanity_lines": sanity_lines or None,
     }
     if source.train_result is not None:
         report.update(best_epoch=source.train_result.best_epoch,
@@ -122,6 +139,8 @@ def run(cfg: DictConfig) -> Path:
           f"model: {source.kind}; {report['seconds']:.0f} s")
     if warning:
         print(warning)
+    for line in sanity_lines:
+        print(line)
     print(f"results: {run_dir.resolve()} (summary: {summary.resolve()})")
     return run_dir
 

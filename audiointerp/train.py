@@ -117,6 +117,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     return dict(payload.get("metadata", {}))
 
 
+def fingerprint(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer of ``model`` (names, dtypes, shapes, bytes), in state-dict
+    order: equal fingerprints mean bit-identical weights, whatever device they are on."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
 def cache_key(settings: dict[str, Any]) -> str:
     """A short stable hash of the settings that determine a trained model."""
     blob = json.dumps(settings, sort_keys=True, default=str)

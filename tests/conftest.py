@@ -123,3 +123,30 @@ def serve_directory():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+# --- a small trained model on the embedded testbed ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """A tiny Cnn14 trained on the embedded synthetic set (about 2.5 minutes on 2 cores), with its
+    feature and the test split: (model in eval mode, LogMel, ClipSet with evidence)."""
+    import torch
+
+    from audiointerp import pipeline, train
+    from audiointerp.data.synthetic import SyntheticClips
+    from audiointerp.features import LogMel
+    from audiointerp.models import Cnn14
+
+    CPU = torch.device("cpu")
+    torch.manual_seed(0)
+    feature = LogMel()
+    dataset = SyntheticClips(clips_per_class={"train": 30, "valid": 6, "test": 4}, seed=0)
+    splits = {split: dataset.load_split(split) for split in ("train", "valid", "test")}
+    inputs = {split: pipeline.log_spectrograms(feature, clips.waveforms, 64, CPU) for split, clips in splits.items()}
+    model = Cnn14(n_bins=64, n_classes=dataset.n_classes, width=1 / 16, dropout=0.0, mask_dropout=0.2)
+    result = train.fit(model, inputs["train"], splits["train"].labels, inputs["valid"], splits["valid"].labels,
+                       epochs=40, lr=1e-3, batch_size=32, device=CPU, seed=0)
+    assert result.best_valid_accuracy >= 0.75, result.history
+    return model.eval(), feature, splits["test"]

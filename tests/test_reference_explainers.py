@@ -15,7 +15,7 @@ from audiointerp.models import Cnn14
 
 
 def test_random_is_seeded_independent_of_batching_and_leaves_the_global_rng_alone():
-    inputs = torch.zeros(5, 1, 8, 12)
+    inputs = torch.randn(5, 1, 8, 12, generator=torch.Generator().manual_seed(0))
     target = torch.zeros(5, dtype=torch.long)
     torch.manual_seed(123)
     before = torch.get_rng_state()
@@ -28,6 +28,8 @@ def test_random_is_seeded_independent_of_batching_and_leaves_the_global_rng_alon
     assert torch.equal(whole, batched)
     assert not torch.equal(whole, RandomAttribution(seed=4).attribute(None, inputs, target))
     assert not torch.equal(whole[0], whole[1]), "each clip gets its own draw"
+    again = RandomAttribution(seed=3).attribute(None, inputs[[3, 0]], target[:2])
+    assert torch.equal(again, whole[[3, 0]]), "a clip's map depends on the clip and the seed only"
     assert abs(whole.mean().item()) < 0.2 and 0.8 < whole.std().item() < 1.2  # standard normal
     with pytest.raises(AudioInterpError, match="explainer.seed"):
         RandomAttribution(seed=-1)

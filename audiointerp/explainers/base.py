@@ -30,6 +30,10 @@ class Explainer:
     def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor) -> None:
         """Called once with the training split's (N, 1, F, T) inputs and (N,) labels."""
 
+    def model_changed(self, model: nn.Module) -> None:
+        """``model``'s weights were changed in place (the sanity checks randomise and restore them):
+        recompute anything :meth:`prepare` derived from them."""
+
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         """inputs (B, 1, F, T), target (B,) class indices -> attribution (B, 1, F, T)."""
         raise NotImplementedError

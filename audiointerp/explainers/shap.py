@@ -154,6 +154,11 @@ class _BackgroundShap(Explainer):
         self._target_logit = TargetLogit(model)
         self._build(self._target_logit, self.background)
 
+    def model_changed(self, model: nn.Module) -> None:
+        # E[f(background)] and shap's wrapped model belong to the old weights
+        if self._target_logit is not None and self._target_logit.model is model:
+            self._build(self._target_logit, self.background)
+
     def _build(self, target_logit: TargetLogit, background: Tensor) -> None:
         raise NotImplementedError
 

@@ -169,6 +169,12 @@ class Cnn14(nn.Module):
     def conv_blocks(self) -> list[ConvBlock]:
         return [getattr(self, f"conv_block{i}") for i in range(1, 7)]
 
+    def randomisation_cascade(self) -> list[tuple[str, list[nn.Module]]]:
+        """Named layer groups from the output down, for cascading randomisation (audiointerp.sanity):
+        the head (fc1 and the classifier), then conv_block6 ... conv_block1."""
+        return [("head", [self.fc1, self.classifier])] + [
+            (f"conv_block{i}", [getattr(self, f"conv_block{i}")]) for i in range(6, 0, -1)]
+
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 1, F, T) log spectrogram in dB -> (B, n_classes) logits."""
         if x.shape[2] != self.n_bins:
