@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiointerp.masks import MASK_NAMES
-from audiointerp.metrics import METRIC_NAMES
+from audiointerp.localization import ATTRIBUTION_SCORE_NAMES
+from audiointerp.masks import BINARY_MASK_NAMES, MASK_NAMES
+from audiointerp.metrics import AUDIO_METRIC_NAMES, METRIC_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RANGES = {"FF": (-1, 1), "AI": (0, 100), "AD": (0, 100), "AG": (0, 100), "FidIn": (0, 1), "SPS": (0, 1),
@@ -41,9 +42,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("smoke")
-    result = run_cli("experiment=smoke", f"hydra.run.dir={run_dir}")
+    result = run_cli("experiment=smoke", "sanity=true", "sanity_clips=4", "audio_metrics=true", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(run_dir) in result.stdout, "the run must print where its results are"
+    assert "sanity (Saliency): Spearman of |A|" in result.stdout
     return run_dir
 
 
@@ -51,14 +53,20 @@ def test_smoke_run_writes_every_metric_csv_in_range(smoke_run):
     n_clips = None
     for mask_name in MASK_NAMES:
         rows = read_csv(smoke_run / "metrics" / f"{mask_name}.csv")
+        evidence = ["iou", "precision", "recall"] if mask_name in BINARY_MASK_NAMES else []
         assert list(rows[0]) == ["sample", "clip_id", "label", "predicted", "is_correct", *METRIC_NAMES,
-                                 "kept", "degenerate", "predicted_masked", "predicted_unmasked"]
+                                 "kept", "degenerate", *evidence, *AUDIO_METRIC_NAMES,
+                                 "predicted_masked", "predicted_unmasked"]
         n_clips = n_clips or len(rows)
         assert len(rows) == n_clips == 16  # 8 classes x 2 test clips
         for row in rows:
             assert int(row["is_correct"]) == int(row["label"] == row["predicted"])
             for metric in RANGES:
                 assert_in_range(metric, float(row[metric]), (mask_name,))
+                if f"{metric}_audio" in row:
+                    assert_in_range(metric, float(row[f"{metric}_audio"]), (mask_name, "audio"))
+            for column in evidence:  # NaN only for 0 / 0: precision of an empty mask
+                assert 0 <= float(row[column]) <= 1 or (column == "precision" and float(row["kept"]) == 0), row
         # binary masks: SPS and COMP are defined, and AI/FidIn are indicators
         assert {float(r["AI"]) for r in rows} <= {0.0, 100.0}
         assert {float(r["FidIn"]) for r in rows} <= {0.0, 1.0}
@@ -83,6 +91,42 @@ def test_smoke_run_summary_is_the_mean_of_the_csvs(smoke_run):
             share = max(classes.count(c) for c in set(classes)) / len(classes)
             assert float(summary[mask_name][f"collapse_{kind}"]) == pytest.approx(share)
             assert report["masks"][mask_name][f"collapse_{kind}"] == pytest.approx(share)
+
+
+def test_smoke_run_scores_localisation_per_clip_with_means_in_the_summary(smoke_run):
+    rows = read_csv(smoke_run / "localization.csv")
+    assert list(rows[0]) == ["sample", "clip_id", "label", "predicted", "is_correct", *ATTRIBUTION_SCORE_NAMES]
+    assert [r["clip_id"] for r in rows] == [r["clip_id"] for r in read_csv(smoke_run / "metrics" / "bin.csv")]
+    summary = {row["mask"]: row for row in read_csv(smoke_run / "summary.csv")}
+    report = json.loads((smoke_run / "run.json").read_text())
+    for name in ATTRIBUTION_SCORE_NAMES:
+        values = [float(r[name]) for r in rows]
+        assert all(0 <= v <= 1 for v in values if not math.isnan(v)), (name, values)
+        assert float(summary["topK_30"][name]) == pytest.approx(np.nanmean(values), rel=1e-4, abs=1e-6)
+        assert report["localization"][name] == pytest.approx(np.nanmean(values), rel=1e-4, abs=1e-6)
+    bin_rows = read_csv(smoke_run / "metrics" / "bin.csv")
+    assert float(summary["bin"]["iou"]) == pytest.approx(np.nanmean([float(r["iou"]) for r in bin_rows]), rel=1e-4)
+    assert summary["sigmoid"]["iou"] == "", "soft masks have no IoU: blank, not 0"
+    assert float(summary["bin"]["FF_audio"]) == pytest.approx(np.mean([float(r["FF_audio"]) for r in bin_rows]), rel=1e-4, abs=1e-6)
+    assert report["audio_seconds_per_clip"] > 0
+
+
+def test_smoke_run_sanity_checks_leave_the_model_as_trained(smoke_run):
+    from audiointerp import train
+    from audiointerp.models import Cnn14
+
+    rows = read_csv(smoke_run / "sanity.csv")
+    steps = ["head"] + [f"conv_block{i}" for i in range(6, 0, -1)] + ["random_logit"]
+    assert [r["step"] for r in rows] == [s for s in steps for _ in range(4)]
+    assert all(-1 <= float(r["spearman"]) <= 1 for r in rows if r["spearman"] != "nan")
+    report = json.loads((smoke_run / "run.json").read_text())
+    assert list(report["sanity"]) == steps
+    # model.pt is saved right after training; the fingerprint is taken at the end of the run
+    model = Cnn14(n_bins=64, n_classes=8, width=0.0625)
+    train.load_checkpoint(model, smoke_run / "model.pt")
+    assert train.fingerprint(model) == report["model_sha256"]
+    model.classifier.weight.data[0, 0] += 1e-6
+    assert train.fingerprint(model) != report["model_sha256"]
 
 
 def test_smoke_run_writes_attributions_model_config_and_examples(smoke_run):
@@ -130,6 +174,9 @@ def test_second_run_reuses_the_cached_model(tmp_path):
     ("mask.ties=random", "error: mask.ties"),
     ("mask.names=[bin,foo]", "error: mask.names"),
     ("explainer=gradcam explainer.layer=conv_block9", "error: explainer.layer"),
+    ("sanity=maybe", "error: sanity:"),
+    ("sanity_clips=0", "error: sanity_clips"),
+    ("audio_metrics=3", "error: audio_metrics"),
 ])
 def test_bad_config_values_give_one_line_errors(tmp_path, override, expected):
     result = run_cli(*override.format(tmp=tmp_path).split(), f"hydra.run.dir={tmp_path / 'run'}")
@@ -181,11 +228,15 @@ def test_real_clips_with_room_noise_write_the_same_outputs(tmp_path, esc50_root,
         for row in rows:
             for metric in RANGES:
                 assert_in_range(metric, float(row[metric]), (mask_name,), n_bins=shape[1] * shape[2])
-    assert len(read_csv(run_dir / "summary.csv")) == len(MASK_NAMES)
+    summary = read_csv(run_dir / "summary.csv")
+    assert len(summary) == len(MASK_NAMES)
+    # no ground truth on real clips: the localisation scores are absent, not zero
+    assert not (run_dir / "localization.csv").exists()
+    assert not {"iou", "auroc", "relevance_mass"} & set(summary[0]) and "iou" not in rows[0]
     with np.load(run_dir / "attributions.npz") as saved:
         assert saved["attributions"].shape == (2, *shape)
     report = json.loads((run_dir / "run.json").read_text())
-    assert report["n_clips"] == 2 and report["model_source"] == "trained"
+    assert report["n_clips"] == 2 and report["model_source"] == "trained" and report["localization"] is None
     assert "noise=room" in result.stdout
     (example,) = [p for p in (run_dir / "examples").iterdir() if p.is_dir()]
     audio, audio_rate = sf.read(example / "original.wav")
