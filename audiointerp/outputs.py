@@ -39,6 +39,10 @@ SCORE_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO
 #: the attribution's localisation scores (the same in every row: they come before any mask).
 SUMMARY_COLUMNS = ("mask", *METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES,
                    "collapse_masked", "collapse_unmasked", *ATTRIBUTION_SCORE_NAMES)
+#: What a run is, first in summary.csv and under "run" in run.json, so results can be gathered
+#: without parsing Hydra's overrides: the config group choices, the silence level, where the
+#: model came from, the seed.
+RUN_COLUMNS = ("explainer", "feature", "data", "noise", "mask_set", "silence_level", "model_source", "seed")
 _MEAN_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES)
 
 
@@ -107,13 +111,15 @@ def summarise(results: RunResults) -> dict[str, dict[str, float]]:
     return summary
 
 
-def write_summary(run_dir: Path, summary: dict[str, dict[str, float]]) -> Path:
-    """summary.csv: one row per mask, from :func:`summarise`; a column computed for some masks only
-    (IoU of the binary masks) is blank for the others."""
+def write_summary(run_dir: Path, summary: dict[str, dict[str, float]], run: dict[str, Any]) -> Path:
+    """summary.csv: one row per mask, from :func:`summarise`, after the ``RUN_COLUMNS`` of ``run``;
+    a column computed for some masks only (IoU of the binary masks) is blank for the others."""
     present = [c for c in SUMMARY_COLUMNS[1:] if any(c in row for row in summary.values())]
-    rows = [[mask_name] + [_number(row[c]) if c in row else "" for c in present] for mask_name, row in summary.items()]
+    identity = ["" if run[c] is None else run[c] for c in RUN_COLUMNS]
+    rows = [identity + [mask_name] + [_number(row[c]) if c in row else "" for c in present]
+            for mask_name, row in summary.items()]
     path = Path(run_dir) / "summary.csv"
-    _write_csv(path, ["mask", *present], rows)
+    _write_csv(path, [*RUN_COLUMNS, "mask", *present], rows)
     return path
 
 

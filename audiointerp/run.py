@@ -53,6 +53,7 @@ def model_settings(cfg: DictConfig, dataset) -> dict:
 def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    choices = HydraConfig.get().runtime.choices  # which option of each config group
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     feature = build(cfg.feature)
@@ -64,7 +65,6 @@ def run(cfg: DictConfig) -> Path:
         raise AudioInterpError(f"audio_metrics: expected true or false, got {cfg.audio_metrics!r}")
     explainer = build(cfg.explainer)
     if explainer.needs_evidence and not getattr(dataset, "has_evidence", False):
-        choices = HydraConfig.get().runtime.choices
         raise AudioInterpError(f"explainer={choices.get('explainer')}: needs clips with ground-truth evidence "
                                f"(data=synthetic); data={choices.get('data')} has none")
     model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
@@ -112,12 +112,16 @@ def run(cfg: DictConfig) -> Path:
     outputs.write_metrics(run_dir, clips, results)
     outputs.write_localization(run_dir, clips, results)
     per_mask = outputs.summarise(results)
-    summary = outputs.write_summary(run_dir, per_mask)
+    identity = {"explainer": choices.get("explainer"), "feature": choices.get("feature"), "data": choices.get("data"),
+                "noise": choices.get("noise"), "mask_set": choices.get("mask"), "silence_level": cfg.mask.silence_level,
+                "model_source": source.kind, "seed": cfg.seed}
+    summary = outputs.write_summary(run_dir, per_mask, identity)
     warning = metrics.collapse_warning([m["predicted_masked"] for m in results.metrics.values()],
                                        [m["predicted_unmasked"] for m in results.metrics.values()], clips.class_names)
     outputs.write_attributions(run_dir, clips, results)
     explained_accuracy = (results.predicted == clips.labels).float().mean().item()
     report = {
+        "run": identity,
         "split": cfg.split, "n_clips": len(clips), "clean_accuracy": clean_accuracy,
         "explained_accuracy": explained_accuracy, "model_source": source.kind, "model_path": str(source.path),
         "seconds": round(time.perf_counter() - started, 2), "device": str(device),

@@ -93,6 +93,27 @@ def test_smoke_run_summary_is_the_mean_of_the_csvs(smoke_run):
             assert report["masks"][mask_name][f"collapse_{kind}"] == pytest.approx(share)
 
 
+def test_smoke_run_says_what_it_is(smoke_run):
+    expected = {"explainer": "saliency", "feature": "mel", "data": "synthetic", "noise": "none", "mask_set": "all",
+                "silence_level": -100.0, "model_source": "trained", "seed": 0}
+    assert json.loads((smoke_run / "run.json").read_text())["run"] == expected
+    rows = read_csv(smoke_run / "summary.csv")
+    assert list(rows[0])[:9] == [*expected, "mask"]
+    assert all({k: r[k] for k in expected} == {k: str(v) for k, v in expected.items()} for r in rows)
+
+
+def test_sweep_jobs_are_named_after_their_overrides(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "experiment=smoke", "explainer=random,gradcam", "n_examples=0", "train.cache=true",
+                     f"train.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["experiment=smoke,explainer=gradcam,n_examples=0,train.cache=true",
+                    "experiment=smoke,explainer=random,n_examples=0,train.cache=true"], jobs
+    for job in jobs:
+        assert json.loads((sweep / job / "run.json").read_text())["run"]["explainer"] in job
+
+
 def test_smoke_run_scores_localisation_per_clip_with_means_in_the_summary(smoke_run):
     rows = read_csv(smoke_run / "localization.csv")
     assert list(rows[0]) == ["sample", "clip_id", "label", "predicted", "is_correct", *ATTRIBUTION_SCORE_NAMES]
