@@ -122,7 +122,7 @@ def run(cfg: DictConfig) -> Path:
     explained_accuracy = (results.predicted == clips.labels).float().mean().item()
     report = {
         "run": identity,
-        "split": cfg.split, "n_clips": len(clips), "clean_accuracy": clean_accuracy,
+        "split": cfg.split, "n_clips": len(clips), "class_names": list(clips.class_names), "clean_accuracy": clean_accuracy,
         "explained_accuracy": explained_accuracy, "model_source": source.kind, "model_path": str(source.path),
         "seconds": round(time.perf_counter() - started, 2), "device": str(device),
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
