@@ -9,6 +9,14 @@ class AudioInterpError(Exception):
     """Bad input or configuration; the message names the file or option and what was expected."""
 
 
+def expect_int(option: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer >= ``minimum``, else an AudioInterpError naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise AudioInterpError(f"{option}: expected {what}, got {value!r}")
+    return value
+
+
 def build(node: Any, **kwargs: Any) -> Any:
     """Hydra's ``instantiate``, letting our own one-line errors through instead of Hydra's wrapper.
 

@@ -120,14 +120,19 @@ def _validate_names(names: Sequence[str] | None) -> list[str]:
     return [name for name in MASK_NAMES if name in requested]
 
 
-def validate(names: Sequence[str] | None, ties: str) -> list[str]:
-    """Check mask names and the tie rule before any work starts; returns the names in order.
+def validate(names: Sequence[str] | None, ties: str, silence_level: object = SILENCE_DB) -> list[str]:
+    """Check mask names, the tie rule and the silence level before any work starts; returns the
+    names in order.
 
     Raises:
-        AudioInterpError: naming ``mask.names`` or ``mask.ties`` and what was expected.
+        AudioInterpError: naming ``mask.names``, ``mask.ties`` or ``mask.silence_level`` and what was expected.
     """
     if ties not in TIE_RULES:
         raise AudioInterpError(f"mask.ties: expected one of {', '.join(TIE_RULES)}, got {ties!r}")
+    if silence_level is not None and (isinstance(silence_level, bool) or not isinstance(silence_level, (int, float))
+                                      or not math.isfinite(silence_level)):
+        raise AudioInterpError(f"mask.silence_level: expected a level in dB (a finite number) or null "
+                               f"(each clip's own minimum), got {silence_level!r}")
     return _validate_names(names)
 
 

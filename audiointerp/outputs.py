@@ -129,7 +129,8 @@ def write_sanity(run_dir: Path, rows: list) -> Path:
 
     path = Path(run_dir) / "sanity.csv"
     _write_csv(path, list(SANITY_COLUMNS),
-               [[r.step, r.randomised, r.sample, r.clip_id, r.target, _number(r.spearman), _number(r.ssim)] for r in rows])
+               [[r.step, r.randomised, r.sample, r.clip_id, r.target, _number(r.spearman), _number(r.ssim),
+                 _number(r.spearman_signed)] for r in rows])
     return path
 
 

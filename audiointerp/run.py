@@ -16,7 +16,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from audiointerp import masks, metrics, outputs, pipeline, sanity, train
-from audiointerp.errors import AudioInterpError, build
+from audiointerp.data import SPLITS
+from audiointerp.errors import AudioInterpError, build, expect_int
 from audiointerp.models import build_model
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
@@ -59,7 +60,11 @@ def run(cfg: DictConfig) -> Path:
     feature = build(cfg.feature)
     dataset = build(cfg.data)
     contaminate = build(cfg.noise)
-    mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties)
+    for option, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("n_examples", 0), ("seed", 0)):
+        expect_int(option, cfg[option], minimum)
+    if cfg.split not in SPLITS:
+        raise AudioInterpError(f"split: expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties, cfg.mask.silence_level)
     sanity.check_options(cfg.sanity, cfg.sanity_clips)
     if not isinstance(cfg.audio_metrics, bool):
         raise AudioInterpError(f"audio_metrics: expected true or false, got {cfg.audio_metrics!r}")

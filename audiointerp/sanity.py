@@ -4,7 +4,8 @@ on the class it explains?
 Cascading model-parameter randomisation re-draws the weights of the model's layers from the
 output down (the classifier head, then conv block 6 ... 1), re-explains a fixed subset of clips
 after each step, and compares the new attributions with the original ones: Spearman rank
-correlation of |A| and SSIM of |A| (each min-max normalised per clip). An explanation that
+correlation of |A| and SSIM of |A| (each min-max normalised per clip), and the Spearman
+correlation of the signed maps. An explanation that
 reflects what the model learnt should fall apart; one that stays put (Spearman near 1) is
 independent of the model. The random-logit check explains a random other class with the trained
 model: an explanation that does not move does not depend on the class it claims to explain.
@@ -33,7 +34,7 @@ from audiointerp.localization import evidence_mask
 #: depending on the model (every layer randomised) or on the class explained (random logit).
 INDEPENDENCE_SPEARMAN = 0.9
 RANDOM_LOGIT_STEP = "random_logit"
-SANITY_COLUMNS = ("step", "randomised", "sample", "clip_id", "target", "spearman", "ssim")
+SANITY_COLUMNS = ("step", "randomised", "sample", "clip_id", "target", "spearman", "ssim", "spearman_signed")
 
 
 @dataclass
@@ -48,10 +49,12 @@ class SanityRow:
     target: int
     spearman: float
     ssim: float
+    spearman_signed: float
 
 
-def rank_correlation(original: Tensor, other: Tensor) -> Tensor:
-    """Spearman rank correlation of |original| and |other| per clip, ties at their average rank.
+def rank_correlation(original: Tensor, other: Tensor, magnitude: bool = True) -> Tensor:
+    """Spearman rank correlation of |original| and |other| (of the signed maps with
+    ``magnitude=False``) per clip, ties at their average rank.
 
     Args:
         original, other: (N, 1, F, T) attributions.
@@ -61,8 +64,11 @@ def rank_correlation(original: Tensor, other: Tensor) -> Tensor:
     """
     from scipy.stats import rankdata
 
-    a = original.detach().abs().reshape(len(original), -1).to("cpu", torch.float64).numpy()
-    b = other.detach().abs().reshape(len(other), -1).to("cpu", torch.float64).numpy()
+    def prepared(values: Tensor):
+        values = values.detach().abs() if magnitude else values.detach()
+        return values.reshape(len(values), -1).to("cpu", torch.float64).numpy()
+
+    a, b = prepared(original), prepared(other)
     values = []
     for row_a, row_b in zip(rankdata(a, axis=1), rankdata(b, axis=1)):
         row_a, row_b = row_a - row_a.mean(), row_b - row_b.mean()
@@ -166,7 +172,8 @@ def randomisation_checks(model: nn.Module, explainer: Explainer, inputs: Tensor,
     def compare(step: str, randomised: str, attribution: Tensor, targets: Tensor) -> None:
         spearman = rank_correlation(original, attribution).tolist()
         ssim = structural_similarity(original, attribution).tolist()
-        rows.extend(SanityRow(step, randomised, i, clip_ids[i], int(targets[i]), spearman[i], ssim[i])
+        signed = rank_correlation(original, attribution, magnitude=False).tolist()
+        rows.extend(SanityRow(step, randomised, i, clip_ids[i], int(targets[i]), spearman[i], ssim[i], signed[i])
                     for i in range(len(inputs)))
         if progress is not None:
             progress(step)
@@ -186,28 +193,37 @@ def randomisation_checks(model: nn.Module, explainer: Explainer, inputs: Tensor,
 
 
 def summarise(rows: list[SanityRow]) -> dict[str, dict[str, float]]:
-    """{step: {"spearman": mean, "ssim": mean}} over the clips where defined, steps in order."""
+    """{step: {"spearman": mean, "ssim": mean, "spearman_signed": mean}} over the clips where
+    defined, steps in order."""
     steps: dict[str, dict[str, list[float]]] = {}
     for row in rows:
-        entry = steps.setdefault(row.step, {"spearman": [], "ssim": []})
+        entry = steps.setdefault(row.step, {"spearman": [], "ssim": [], "spearman_signed": []})
         entry["spearman"].append(row.spearman)
         entry["ssim"].append(row.ssim)
+        entry["spearman_signed"].append(row.spearman_signed)
     return {step: {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in values.items()}
             for step, values in steps.items()}
+
+
+def _unchanged(step: dict[str, float]) -> float:
+    """The correlation a verdict reads: of |A|, or of the signed maps where |A| is constant (the
+    oracle's +-1 map has no magnitude ranking, only a sign pattern)."""
+    return step["spearman_signed"] if math.isnan(step["spearman"]) else step["spearman"]
 
 
 def verdict(explainer_name: str, summary: dict[str, dict[str, float]]) -> list[str]:
     """The lines a run prints: how far the attributions moved, and a ``warning:`` per independence found."""
     cascade = [step for step in summary if step != RANDOM_LOGIT_STEP]
-    moved = ", ".join(f"{step} {summary[step]['spearman']:.2f}" for step in cascade)
-    lines = [f"sanity ({explainer_name}): Spearman of |A| with the original after randomising down to {moved}; "
+    moved = ", ".join(f"{step} {_unchanged(summary[step]):.2f}" for step in cascade)
+    of = "signed A (|A| is constant)" if math.isnan(summary[cascade[0]]["spearman"]) else "|A|"
+    lines = [f"sanity ({explainer_name}): Spearman of {of} with the original after randomising down to {moved}; "
              f"SSIM {summary[cascade[0]]['ssim']:.2f} -> {summary[cascade[-1]]['ssim']:.2f}; "
-             f"explaining a random other class: Spearman {summary[RANDOM_LOGIT_STEP]['spearman']:.2f}"]
-    final = summary[cascade[-1]]["spearman"]
+             f"explaining a random other class: Spearman {_unchanged(summary[RANDOM_LOGIT_STEP]):.2f}"]
+    final = _unchanged(summary[cascade[-1]])
     if final >= INDEPENDENCE_SPEARMAN:
         lines.append(f"warning: sanity: {explainer_name}'s attributions do not change when every layer of the model "
                      f"is randomised (Spearman {final:.2f}): they are independent of the model")
-    other = summary[RANDOM_LOGIT_STEP]["spearman"]
+    other = _unchanged(summary[RANDOM_LOGIT_STEP])
     if other >= INDEPENDENCE_SPEARMAN:
         lines.append(f"warning: sanity: {explainer_name}'s attributions do not change when a random other class is "
                      f"explained (Spearman {other:.2f}): they are independent of the class explained")

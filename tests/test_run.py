@@ -107,9 +107,9 @@ def test_sweep_jobs_are_named_after_their_overrides(tmp_path):
     result = run_cli("-m", "experiment=smoke", "explainer=random,gradcam", "n_examples=0", "train.cache=true",
                      f"train.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["experiment=smoke,explainer=gradcam,n_examples=0,train.cache=true",
-                    "experiment=smoke,explainer=random,n_examples=0,train.cache=true"], jobs
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "run.json").is_file())
+    assert jobs == ["experiment=smoke,explainer=gradcam,n_examples=0,train.cache=True",
+                    "experiment=smoke,explainer=random,n_examples=0,train.cache=True"], jobs
     for job in jobs:
         assert json.loads((sweep / job / "run.json").read_text())["run"]["explainer"] in job
 
@@ -195,6 +195,11 @@ def test_second_run_reuses_the_cached_model(tmp_path):
     ("mask.ties=random", "error: mask.ties"),
     ("mask.names=[bin,foo]", "error: mask.names"),
     ("explainer=gradcam explainer.layer=conv_block9", "error: explainer.layer"),
+    ("batch_size=0", "error: batch_size: expected a positive integer, got 0"),
+    ("eval_batch_size=-3", "error: eval_batch_size"),
+    ("n_examples=-1", "error: n_examples: expected an integer >= 0"),
+    ("mask.silence_level=abc", "error: mask.silence_level"),
+    ("split=holdout", "error: split: expected one of train, valid, test, got 'holdout'"),
     ("sanity=maybe", "error: sanity:"),
     ("sanity_clips=0", "error: sanity_clips"),
     ("audio_metrics=3", "error: audio_metrics"),

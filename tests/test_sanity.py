@@ -9,6 +9,8 @@ import torch
 
 from audiointerp import sanity, train
 from audiointerp.explainers.gradcam import GradCam
+from audiointerp.explainers.oracle import Oracle
+from audiointerp.localization import evidence_mask
 from audiointerp.explainers.random import RandomAttribution
 from audiointerp.explainers.saliency import Saliency
 from audiointerp.explainers.shap import DeepShap
@@ -67,11 +69,12 @@ def checks(trained):
     model, feature, clips = trained
     subset = clips.subset(slice(0, 6))
     inputs = feature(subset.waveforms).log_db
+    evidence = evidence_mask(subset.evidence, feature, inputs.shape[-1])
     results = {}
-    for explainer in (Saliency(), GradCam(), RandomAttribution(seed=0)):
+    for explainer in (Saliency(), GradCam(), RandomAttribution(seed=0), Oracle()):
         before = train.fingerprint(model)
         rows = sanity.randomisation_checks(model, explainer, inputs, subset.clip_ids, n_classes=len(clips.class_names),
-                                           seed=0, batch_size=4)
+                                           seed=0, batch_size=4, evidence=evidence)
         results[repr(explainer).split("(")[0]] = (rows, before, train.fingerprint(model))
     return results
 
@@ -91,10 +94,17 @@ def test_rows_cover_every_step_and_clip(checks):
     assert all(r.target != h.target for r, h in zip(logit_rows, head_rows)), "the random class is another class"
 
 
-def test_random_is_flagged_as_independent_and_the_gradient_methods_are_not(checks):
+def test_random_and_oracle_are_flagged_as_independent_and_the_gradient_methods_are_not(checks):
     random_summary = sanity.summarise(checks["RandomAttribution"][0])
     assert all(v["spearman"] == pytest.approx(1.0) and v["ssim"] == pytest.approx(1.0) for v in random_summary.values())
     lines = sanity.verdict("random", random_summary)
+    assert any(line.startswith("warning:") and "independent of the model" in line for line in lines)
+    assert any(line.startswith("warning:") and "independent of the class" in line for line in lines)
+    oracle_summary = sanity.summarise(checks["Oracle"][0])
+    # +-1 everywhere: |A| has no ranking (NaN), the signed map is what stays put
+    assert all(math.isnan(v["spearman"]) and v["spearman_signed"] == pytest.approx(1.0) for v in oracle_summary.values())
+    lines = sanity.verdict("oracle", oracle_summary)
+    assert "Spearman of signed A" in lines[0]
     assert any(line.startswith("warning:") and "independent of the model" in line for line in lines)
     for name in ("Saliency", "GradCam"):
         summary = sanity.summarise(checks[name][0])

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+#: The splits every dataset has: trained on, validated on (best epoch), explained by default.
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+
 
 @dataclass
 class ClipSet:

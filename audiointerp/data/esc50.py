@@ -24,7 +24,7 @@ from hydra.utils import to_absolute_path
 from tqdm import tqdm
 
 from audiointerp.atomic import atomic_path
-from audiointerp.data import ClipSet
+from audiointerp.data import SPLITS, ClipSet
 from audiointerp.data.audio import load_audio
 from audiointerp.data.download import fetch, safe_extract_zip
 from audiointerp.errors import AudioInterpError
@@ -37,7 +37,6 @@ ESC50_FOLDS = (1, 2, 3, 4, 5)
 CLIP_DURATION_S = 5.0
 CSV_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 AUDIO_SUFFIXES = (".wav", ".flac")
-SPLITS = ("train", "valid", "test")
 SUBSET_NAMES = {"esc50": "ESC-50", "esc10": "ESC-10"}
 MISSING_POLICIES = ("error", "skip")
 # Written beside the extracted folder only once every clip has been checked.

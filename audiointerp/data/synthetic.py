@@ -19,10 +19,9 @@ import numpy as np
 import scipy.fft
 import torch
 
-from audiointerp.data import ClipSet
+from audiointerp.data import SPLITS, ClipSet
 from audiointerp.errors import AudioInterpError
 
-SPLITS = ("train", "valid", "test")
 
 PEAK_LEVEL = 0.9
 # Tonal events have no bandwidth of their own; the evidence box is widened by this much on each
