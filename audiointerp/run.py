@@ -55,13 +55,13 @@ def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     choices = HydraConfig.get().runtime.choices  # which option of each config group
+    for option, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("n_examples", 0), ("seed", 0)):
+        expect_int(option, cfg[option], minimum)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     feature = build(cfg.feature)
     dataset = build(cfg.data)
     contaminate = build(cfg.noise)
-    for option, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("n_examples", 0), ("seed", 0)):
-        expect_int(option, cfg[option], minimum)
     if cfg.split not in SPLITS:
         raise AudioInterpError(f"split: expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
     mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties, cfg.mask.silence_level)

@@ -198,6 +198,7 @@ def test_second_run_reuses_the_cached_model(tmp_path):
     ("batch_size=0", "error: batch_size: expected a positive integer, got 0"),
     ("eval_batch_size=-3", "error: eval_batch_size"),
     ("n_examples=-1", "error: n_examples: expected an integer >= 0"),
+    ("seed=abc", "error: seed: expected an integer >= 0, got 'abc'"),
     ("mask.silence_level=abc", "error: mask.silence_level"),
     ("split=holdout", "error: split: expected one of train, valid, test, got 'holdout'"),
     ("sanity=maybe", "error: sanity:"),
