@@ -118,6 +118,19 @@ def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor) -> dict
     if mask.dim() < 1 or mask.shape[0] != p.shape[0]:
         raise ValueError(f"mask must have leading batch size {p.shape[0]}, got shape {tuple(mask.shape)}")
 
+    results = {**faithfulness(p, p_masked, p_unmasked), "SPS": gini(mask), "COMP": entropy(mask)}
+    return {name: results[name].to(device=p.device, dtype=torch.float32) for name in METRIC_NAMES}
+
+
+def faithfulness(p: Tensor, p_masked: Tensor, p_unmasked: Tensor) -> dict[str, Tensor]:
+    """The ``FAITHFULNESS_NAMES`` metrics of :func:`score`, which need no mask, per clip.
+
+    Args:
+        p, p_masked, p_unmasked: (B, C) probabilities, as for :func:`score`.
+
+    Returns:
+        ``{metric: (B,) float32}`` in ``FAITHFULNESS_NAMES`` order, on p's device.
+    """
     p = p.detach().to(torch.float64)
     p_masked = p_masked.detach().to(device=p.device, dtype=torch.float64)
     p_unmasked = p_unmasked.detach().to(device=p.device, dtype=torch.float64)
@@ -133,10 +146,8 @@ def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor) -> dict
         "AD": 100.0 * (p_c - masked_c).clamp_min(0) / (p_c + _PROB_EPS),
         "AG": 100.0 * (masked_c - p_c).clamp_min(0) / (1 - p_c + _PROB_EPS),
         "FidIn": (p_masked.argmax(dim=1) == predicted.squeeze(1)).to(torch.float64),
-        "SPS": gini(mask).to(p.device),
-        "COMP": entropy(mask).to(p.device),
     }
-    return {name: results[name].to(torch.float32) for name in METRIC_NAMES}
+    return {name: results[name].to(torch.float32) for name in FAITHFULNESS_NAMES}
 
 
 # --- degeneracy: is a score measuring the explanation at all? -------------------------------

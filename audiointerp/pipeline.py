@@ -21,7 +21,7 @@ from audiointerp.explainers import Explainer
 from audiointerp.features import Spectrogram
 from audiointerp.localization import attribution_scores, evidence_mask, mask_scores
 from audiointerp.masks import BINARY_MASK_NAMES, apply_mask, make_masks
-from audiointerp.metrics import FAITHFULNESS_NAMES, mask_statistics, score
+from audiointerp.metrics import FAITHFULNESS_NAMES, faithfulness, mask_statistics, score
 
 #: Spectrograms inverted at once on the CPU for the audio-domain metrics: the mel inverse's
 #: (batch, K, T) temporaries fall out of cache beyond a few (2-core box: 1.27 s per clip at 4,
@@ -159,9 +159,8 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
             if evidence is not None and name in BINARY_MASK_NAMES:
                 columns.update(mask_scores(masks[name], evidence))
             if audio_metrics:
-                heard_scores = score(p, audio_probabilities[position], audio_probabilities[len(masks) + position],
-                                     masks[name])
-                columns.update({f"{m}_audio": heard_scores[m] for m in FAITHFULNESS_NAMES})
+                heard = faithfulness(p, audio_probabilities[position], audio_probabilities[len(masks) + position])
+                columns.update({f"{m}_audio": heard[m] for m in FAITHFULNESS_NAMES})
             for column, values in columns.items():
                 metric_rows[name].setdefault(column, []).append(values.cpu())
         if evidence is not None:
