@@ -6,10 +6,25 @@ A crash or Ctrl-C mid-write therefore never leaves a half-written CSV, WAV or ch
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+#: The temporary names :func:`atomic_path` uses: ``.<stem>.<random>.tmp<suffix>``.
+TEMPORARY_GLOB = ".*.tmp*"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Result files get the permissions of any file the user creates (0644 under the usual umask 022);
+#: mkstemp's 0600 would hide results from the group that shares a cluster's project folder.
+FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -26,7 +41,31 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, shared: bool = False, blocking: bool = True) -> Iterator[bool]:
+    """Hold an OS lock (``flock``) on ``path`` for the ``with`` block; yields whether it was acquired.
+
+    The operating system releases it when the holder's process ends, however it ends (SIGKILL
+    included), so a crashed holder never leaves the others waiting. ``shared`` locks coexist with
+    each other but not with an exclusive one; ``blocking=False`` yields False instead of waiting.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")
+    try:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        handle.close()  # releases the lock

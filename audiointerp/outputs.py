@@ -8,7 +8,9 @@ Layout under the run directory:
     summary.csv             mean of each metric per mask, and how degenerate the mask's scores are
     attributions.npz        all attributions with clip ids, labels, predictions
     examples/<clip_id>/     original.wav, <mask>_masked.wav, <mask>_unmasked.wav, <mask>.png
-    run.json                accuracies, timings, where the model came from
+    run.json                accuracies, per-mask collapse, localisation and sanity means: the
+                            same bytes however the run went (interrupted, model from the cache)
+    provenance.json         how this run went: where the model came from, timings, resumed batches
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
+from scipy.io import wavfile
 
 from audiointerp.atomic import atomic_path
 from audiointerp.data import ClipSet
@@ -40,9 +42,8 @@ SCORE_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO
 SUMMARY_COLUMNS = ("mask", *METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES,
                    "collapse_masked", "collapse_unmasked", *ATTRIBUTION_SCORE_NAMES)
 #: What a run is, first in summary.csv and under "run" in run.json, so results can be gathered
-#: without parsing Hydra's overrides: the config group choices, the silence level, where the
-#: model came from, the seed.
-RUN_COLUMNS = ("explainer", "feature", "data", "noise", "mask_set", "silence_level", "model_source", "seed")
+#: without parsing Hydra's overrides: the config group choices, the silence level, the seed.
+RUN_COLUMNS = ("explainer", "feature", "data", "noise", "mask_set", "silence_level", "seed")
 _MEAN_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES)
 
 
@@ -145,6 +146,15 @@ def write_attributions(run_dir: Path, clips: ClipSet, results: RunResults) -> Pa
     return path
 
 
+def finished(run_dir: Path, config_sha256: str) -> bool:
+    """Whether ``run_dir`` holds the complete results of the configuration hashed as ``config_sha256``
+    (run.json, written last, records it)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("config_sha256") == config_sha256
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -163,8 +173,10 @@ class ExampleWriter:
         folder = self.folder / example.clip_id
         for name, audio in example.audio.items():
             with atomic_path(folder / f"{name}.wav") as tmp:
-                # float WAV: a masked reconstruction may exceed full scale, and clipping would distort it
-                sf.write(tmp, audio.numpy(), self.sample_rate, subtype="FLOAT")
+                # float WAV: a masked reconstruction may exceed full scale, and clipping would distort it.
+                # scipy's writer, not libsndfile's: that one adds a PEAK chunk stamped with the time
+                # of writing, and the same run would not give the same bytes twice.
+                wavfile.write(tmp, self.sample_rate, audio.numpy().astype(np.float32))
         for name in example.masks:
             self._plot(folder / f"{name}.png", example, name)
 

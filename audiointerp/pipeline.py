@@ -22,6 +22,7 @@ from audiointerp.features import Spectrogram
 from audiointerp.localization import attribution_scores, evidence_mask, mask_scores
 from audiointerp.masks import BINARY_MASK_NAMES, apply_mask, make_masks
 from audiointerp.metrics import FAITHFULNESS_NAMES, faithfulness, mask_statistics, score
+from audiointerp.resume import BatchResults, BatchStore
 
 #: Spectrograms inverted at once on the CPU for the audio-domain metrics: the mel inverse's
 #: (batch, K, T) temporaries fall out of cache beyond a few (2-core box: 1.27 s per clip at 4,
@@ -112,7 +113,8 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
                       mask_names: list[str], silence_level: float | None, batch_size: int,
                       eval_batch_size: int, device: torch.device, ties: str = "keep", n_examples: int = 0,
                       on_example: Callable[[Example], None] | None = None,
-                      audio_metrics: bool = False) -> RunResults:
+                      audio_metrics: bool = False, store: BatchStore | None = None,
+                      batches: range | None = None) -> RunResults | None:
     """Explain every clip for its predicted class and score each mask.
 
     The attribution of a clip is computed once and reused for all masks. ``on_example`` receives
@@ -120,70 +122,103 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
     Clips with ground-truth evidence get localisation scores (``RunResults.localization``, and
     IoU, precision, recall for binary masks); explainers that set ``needs_evidence`` get the
     region too. ``audio_metrics`` adds the faithfulness metrics on :func:`audio_domain_inputs`.
+
+    Clips are explained ``batch_size`` at a time, batch ``b`` being clips ``[b * batch_size,
+    (b + 1) * batch_size)``. Each finished batch goes to ``store`` (in memory by default; a
+    :class:`~audiointerp.resume.DiskStore` makes the run resumable), and batches the store
+    already has are not explained again. Only the ``batches`` given are explained (all by
+    default; a shard's range otherwise). Returns the results of every clip once the store has
+    every batch, else None (other shards' batches are still missing).
     """
+    store = BatchStore() if store is None else store
+    n_batches = -(-len(clips) // batch_size)
+    batches = range(n_batches) if batches is None else batches
+    todo = [b for b in batches if not store.has(b)]
     model.eval().to(device)
-    attributions, probabilities = [], []
-    metric_rows: dict[str, dict[str, list[Tensor]]] = {m: {} for m in mask_names}
-    localization_rows: dict[str, list[Tensor]] = {}
-    audio_seconds = 0.0
-    progress = tqdm(total=len(clips), desc=f"explaining ({explainer!r})", unit="clip")
-    for start in range(0, len(clips), batch_size):
-        waveforms = clips.waveforms[start:start + batch_size].to(device)
-        spectrogram = feature(waveforms)
-        log_db = spectrogram.log_db  # (B, 1, F, T)
-        with torch.no_grad():  # not inference_mode: explainers use target inside autograd graphs
-            target = model(log_db).argmax(dim=1)
-        evidence = None if clips.evidence is None else evidence_mask(
-            clips.evidence[start:start + batch_size], feature, log_db.shape[-1])  # (B, 1, F, T) bool, CPU
-        context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
-        attribution = explainer.attribute(model, log_db, target, **context).detach()
-        masks = make_masks(attribution, mask_names, ties=ties)
+    def clips_in(b: int) -> int:
+        return min(batch_size, len(clips) - b * batch_size)
 
-        pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
-        variants = torch.cat([masked for masked, _ in pairs.values()] + [unmasked for _, unmasked in pairs.values()])
-        stacked_probabilities = _probabilities(model, torch.cat([log_db, variants]), eval_batch_size).view(
-            1 + 2 * len(masks), len(log_db), -1)
-        if audio_metrics:
-            began = time.perf_counter()
-            clip_index = torch.arange(len(log_db)).repeat(2 * len(masks))  # variants are mask-major
-            heard = audio_domain_inputs(feature, spectrogram, variants, clip_index,
-                                        eval_batch_size if device.type == "cuda" else CPU_INVERSE_BATCH)
-            audio_probabilities = _probabilities(model, heard, eval_batch_size).view(2 * len(masks), len(log_db), -1)
-            audio_seconds += time.perf_counter() - began
-        p = stacked_probabilities[0]
-        for position, name in enumerate(masks):
-            p_masked = stacked_probabilities[1 + position]
-            p_unmasked = stacked_probabilities[1 + len(masks) + position]
-            columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
-                       "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
-            if evidence is not None and name in BINARY_MASK_NAMES:
-                columns.update(mask_scores(masks[name], evidence))
-            if audio_metrics:
-                heard = faithfulness(p, audio_probabilities[position], audio_probabilities[len(masks) + position])
-                columns.update({f"{m}_audio": heard[m] for m in FAITHFULNESS_NAMES})
-            for column, values in columns.items():
-                metric_rows[name].setdefault(column, []).append(values.cpu())
-        if evidence is not None:
-            for column, values in attribution_scores(attribution, evidence).items():
-                localization_rows.setdefault(column, []).append(values)
-
-        attributions.append(attribution.float().cpu())
-        probabilities.append(p.float().cpu())
-        if on_example is not None:
-            for offset in range(min(len(log_db), n_examples - start)):
-                on_example(_example(feature, spectrogram, waveforms, offset, start + offset,
-                                    clips.clip_ids[start + offset], masks, pairs))
-        progress.update(len(log_db))
+    progress = tqdm(total=sum(map(clips_in, batches)), initial=sum(clips_in(b) for b in batches if b not in todo),
+                    desc=f"explaining ({explainer!r})", unit="clip")
+    for b in todo:
+        start = b * batch_size
+        batch = _explain_batch(model, explainer, feature, clips, start, min(start + batch_size, len(clips)),
+                               mask_names=mask_names, silence_level=silence_level, ties=ties,
+                               eval_batch_size=eval_batch_size, device=device, n_examples=n_examples,
+                               on_example=on_example, audio_metrics=audio_metrics)
+        store.save(b, batch)
+        progress.update(len(batch.probabilities))
     progress.close()
-    probabilities_all = torch.cat(probabilities)
+    if not all(store.has(b) for b in range(n_batches)):
+        return None
+    return _gather([store.load(b) for b in range(n_batches)], len(clips), audio_metrics)
+
+
+def _gather(batches: list[BatchResults], n_clips: int, audio_metrics: bool) -> RunResults:
+    """Every batch's results, in clip order, as one RunResults."""
+    probabilities = torch.cat([b.probabilities for b in batches])
+    columns = {name: list(per_mask) for name, per_mask in batches[0].metrics.items()}
+    audio_seconds = sum(b.audio_seconds for b in batches)
     return RunResults(
-        attributions=torch.cat(attributions),
-        probabilities=probabilities_all,
-        predicted=probabilities_all.argmax(dim=1),
-        metrics={m: {k: torch.cat(v) for k, v in rows.items()} for m, rows in metric_rows.items()},
-        localization={k: torch.cat(v) for k, v in localization_rows.items()},
-        audio_seconds_per_clip=audio_seconds / len(clips) if audio_metrics and len(clips) else None,
+        attributions=torch.cat([b.attribution for b in batches]),
+        probabilities=probabilities,
+        predicted=probabilities.argmax(dim=1),
+        metrics={name: {c: torch.cat([b.metrics[name][c] for b in batches]) for c in cols}
+                 for name, cols in columns.items()},
+        localization={c: torch.cat([b.localization[c] for b in batches]) for c in batches[0].localization},
+        audio_seconds_per_clip=audio_seconds / n_clips if audio_metrics and n_clips else None,
     )
+
+
+def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipSet, start: int, stop: int, *,
+                   mask_names: list[str], silence_level: float | None, ties: str, eval_batch_size: int,
+                   device: torch.device, n_examples: int, on_example: Callable[[Example], None] | None,
+                   audio_metrics: bool) -> BatchResults:
+    """Clips ``[start, stop)``: explain, mask, evaluate, score; the examples among them go to ``on_example``."""
+    waveforms = clips.waveforms[start:stop].to(device)
+    spectrogram = feature(waveforms)
+    log_db = spectrogram.log_db  # (B, 1, F, T)
+    with torch.no_grad():  # not inference_mode: explainers use target inside autograd graphs
+        target = model(log_db).argmax(dim=1)
+    evidence = None if clips.evidence is None else evidence_mask(
+        clips.evidence[start:stop], feature, log_db.shape[-1])  # (B, 1, F, T) bool, CPU
+    context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
+    attribution = explainer.attribute(model, log_db, target, **context).detach()
+    masks = make_masks(attribution, mask_names, ties=ties)
+
+    pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
+    variants = torch.cat([masked for masked, _ in pairs.values()] + [unmasked for _, unmasked in pairs.values()])
+    stacked_probabilities = _probabilities(model, torch.cat([log_db, variants]), eval_batch_size).view(
+        1 + 2 * len(masks), len(log_db), -1)
+    audio_seconds = 0.0
+    if audio_metrics:
+        began = time.perf_counter()
+        clip_index = torch.arange(len(log_db)).repeat(2 * len(masks))  # variants are mask-major
+        heard = audio_domain_inputs(feature, spectrogram, variants, clip_index,
+                                    eval_batch_size if device.type == "cuda" else CPU_INVERSE_BATCH)
+        audio_probabilities = _probabilities(model, heard, eval_batch_size).view(2 * len(masks), len(log_db), -1)
+        audio_seconds = time.perf_counter() - began
+    p = stacked_probabilities[0]
+    metric_columns: dict[str, dict[str, Tensor]] = {}
+    for position, name in enumerate(masks):
+        p_masked = stacked_probabilities[1 + position]
+        p_unmasked = stacked_probabilities[1 + len(masks) + position]
+        columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
+                   "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
+        if evidence is not None and name in BINARY_MASK_NAMES:
+            columns.update(mask_scores(masks[name], evidence))
+        if audio_metrics:
+            heard = faithfulness(p, audio_probabilities[position], audio_probabilities[len(masks) + position])
+            columns.update({f"{m}_audio": heard[m] for m in FAITHFULNESS_NAMES})
+        metric_columns[name] = {column: values.cpu() for column, values in columns.items()}
+    localization = {} if evidence is None else {c: v.cpu() for c, v in attribution_scores(attribution, evidence).items()}
+
+    if on_example is not None:
+        for offset in range(min(len(log_db), n_examples - start)):
+            on_example(_example(feature, spectrogram, waveforms, offset, start + offset,
+                                clips.clip_ids[start + offset], masks, pairs))
+    return BatchResults(attribution=attribution.float().cpu(), probabilities=p.float().cpu(),
+                        metrics=metric_columns, localization=localization, audio_seconds=audio_seconds)
 
 
 def _example(feature, spectrogram, waveforms: Tensor, offset: int, index: int, clip_id: str,

@@ -90,6 +90,10 @@ class _NoiseMixer:
         """(n_samples,) float32 noise at ``sample_rate``."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Fetch and read the noise now, so that a missing or unreadable file is reported before training."""
+        self.noise(1)
+
     def __call__(self, clips: ClipSet) -> ClipSet:
         """Every clip mixed with the noise (see :func:`mix`); ids, labels and evidence unchanged."""
         if clips.sample_rate != self.sample_rate:
@@ -183,6 +187,9 @@ class NoNoise:
     """``noise=none``: clips are explained as they are."""
 
     name = "none"
+
+    def check(self) -> None:
+        """Nothing to read."""
 
     def __call__(self, clips: ClipSet) -> ClipSet:
         return clips

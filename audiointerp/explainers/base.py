@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor, nn
+
+
+def content_seed(seed: int, values: Tensor) -> int:
+    """A 63-bit seed from ``seed`` and the bytes of ``values``: random draws made from it depend on
+    what is explained, never on the global generator (which training consumes, so it differs between
+    a model trained in the run and one from the cache) nor on what was explained before (a resumed
+    run starts mid-way)."""
+    digest = hashlib.sha256(str(seed).encode() + values.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") >> 1
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -17,8 +17,8 @@ from captum.attr import Occlusion as CaptumOcclusion
 from captum.attr import Saliency as CaptumSaliency
 from torch import Tensor, nn
 
-from audiointerp.errors import AudioInterpError
-from audiointerp.explainers.base import Explainer
+from audiointerp.errors import AudioInterpError, expect_int
+from audiointerp.explainers.base import Explainer, content_seed
 from audiointerp.masks import SILENCE_DB
 
 
@@ -90,9 +90,12 @@ class SmoothGrad(Explainer):
         n_samples: noisy copies per input.
         samples_per_batch: noisy copies per forward pass (Captum's ``nt_samples_batch_size``);
             ``None`` evaluates all ``B * n_samples`` at once.
+        seed: with the batch's values, seeds the noise (:func:`content_seed`): the same batch of
+            clips gets the same noise in every run.
     """
 
-    def __init__(self, noise_fraction: float = 0.15, n_samples: int = 16, samples_per_batch: int | None = None):
+    def __init__(self, noise_fraction: float = 0.15, n_samples: int = 16, samples_per_batch: int | None = None,
+                 seed: int = 0):
         if n_samples < 1:
             raise AudioInterpError(f"explainer.n_samples must be >= 1, got {n_samples}")
         if noise_fraction < 0:
@@ -100,6 +103,7 @@ class SmoothGrad(Explainer):
         self.noise_fraction = float(noise_fraction)
         self.n_samples = int(n_samples)
         self.samples_per_batch = samples_per_batch
+        self.seed = expect_int("explainer.seed", seed, 0)
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         inputs = _gradient_ready(inputs)
@@ -107,10 +111,13 @@ class SmoothGrad(Explainer):
         # A constant input has no range and gets no noise; the clamp only avoids dividing by 0.
         scale = value_range.clamp_min(torch.finfo(inputs.dtype).tiny)
         tunnel = NoiseTunnel(CaptumSaliency(_ScaledInputModel(model)))
-        scaled_gradient = tunnel.attribute(
-            inputs / scale, nt_type="smoothgrad", nt_samples=self.n_samples,
-            nt_samples_batch_size=self.samples_per_batch, stdevs=self.noise_fraction,
-            target=target.to(inputs.device), additional_forward_args=(scale,), abs=False)
+        # Captum draws the noise from torch's global generator: seed a private copy of it for the call
+        with torch.random.fork_rng(devices=[inputs.device] if inputs.device.type == "cuda" else []):
+            torch.manual_seed(content_seed(self.seed, inputs))
+            scaled_gradient = tunnel.attribute(
+                inputs / scale, nt_type="smoothgrad", nt_samples=self.n_samples,
+                nt_samples_batch_size=self.samples_per_batch, stdevs=self.noise_fraction,
+                target=target.to(inputs.device), additional_forward_args=(scale,), abs=False)
         return (scaled_gradient / scale).detach()
 
     def __repr__(self) -> str:

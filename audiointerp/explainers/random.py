@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import torch
 from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.explainers.base import Explainer
+from audiointerp.explainers.base import Explainer, content_seed
 
 
 class RandomAttribution(Explainer):
@@ -30,8 +29,7 @@ class RandomAttribution(Explainer):
         self.seed = seed
 
     def _generator(self, clip: Tensor) -> torch.Generator:
-        digest = hashlib.sha256(str(self.seed).encode() + clip.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little") >> 1)
+        return torch.Generator().manual_seed(content_seed(self.seed, clip))
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         """inputs (B, 1, F, T) -> (B, 1, F, T) float32 N(0, 1) draws on the inputs' device."""

@@ -1,0 +1,195 @@
+"""Resumable runs: per-batch results kept on disk as the run goes, so a killed run continues.
+
+A run's explaining loop hands every finished batch of clips to a :class:`BatchStore`. In a run
+folder that is :class:`DiskStore`: ``<run>/.partial/batch_<index>.pt``, each written atomically,
+next to a ``manifest.json`` naming the run they belong to (its config, less the shard, and the
+model's fingerprint). Re-running the same command into the same folder finds them and explains
+only the batches that are missing; the final outputs are written from all batches once every one
+is there, and ``.partial/`` is then removed. Because a batch is computed from the same clips,
+model and seed either way, the outputs are byte-identical to an uninterrupted run's.
+
+Shards (``shard.index`` of ``shard.count``) are the same mechanism across processes: each job
+explains its own contiguous range of batches into the shared folder, and the job that completes
+the last batch writes the outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from audiointerp.atomic import TEMPORARY_GLOB, atomic_path, file_lock
+from audiointerp.errors import AudioInterpError, expect_int
+
+log = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".partial"
+#: Held while a run's outputs are written, so two shards finishing together write them once.
+ASSEMBLY_LOCK = ".assembly.lock"
+#: Held (shared) by every process working in a run folder for as long as it runs; whoever can take
+#: it exclusively knows no live process is writing there, so leftover temporaries are a dead run's.
+OCCUPIED_LOCK = ".run.lock"
+
+
+@dataclass
+class BatchResults:
+    """One batch's share of ``pipeline.RunResults``: attribution (B, 1, F, T), probabilities (B, C),
+    metrics {mask: {column: (B,)}}, localization {score: (B,)} (empty without evidence), and the
+    seconds the audio-domain metrics took (0 when off)."""
+
+    attribution: Tensor
+    probabilities: Tensor
+    metrics: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    localization: dict[str, Tensor] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+
+
+class BatchStore:
+    """Where the explaining loop keeps finished batches: in memory, for a library call."""
+
+    def __init__(self) -> None:
+        self._batches: dict[int, BatchResults] = {}
+
+    def has(self, index: int) -> bool:
+        return index in self._batches
+
+    def save(self, index: int, batch: BatchResults) -> None:
+        self._batches[index] = batch
+
+    def load(self, index: int) -> BatchResults:
+        return self._batches[index]
+
+
+class DiskStore(BatchStore):
+    """Batches as files under ``<run_dir>/.partial``, belonging to the run named by ``key``.
+
+    Partial results of another run (another config or model) in the folder are discarded with a
+    warning: they would not be this run's results.
+    """
+
+    def __init__(self, run_dir: Path, key: str) -> None:
+        super().__init__()
+        self.folder = Path(run_dir) / PARTIAL_DIR
+        self.key = key
+        manifest = self.folder / "manifest.json"
+        if self.folder.is_dir():
+            try:
+                found = json.loads(manifest.read_text())["key"]
+            except (OSError, ValueError, KeyError, TypeError):
+                found = None
+            if found != key:
+                log.warning("%s: partial results of another configuration or model; discarding them", self.folder)
+                shutil.rmtree(self.folder, ignore_errors=True)
+        if not manifest.is_file():
+            with atomic_path(manifest) as tmp:
+                tmp.write_text(json.dumps({"key": key}) + "\n")
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"batch_{index:06d}.pt"
+
+    def has(self, index: int) -> bool:
+        return self._path(index).is_file()
+
+    def save(self, index: int, batch: BatchResults) -> None:
+        payload = {"attribution": batch.attribution, "probabilities": batch.probabilities, "metrics": batch.metrics,
+                   "localization": batch.localization, "audio_seconds": batch.audio_seconds}
+        with atomic_path(self._path(index)) as tmp:
+            with open(tmp, "wb") as handle:  # a name would be recorded in the zip
+                torch.save(payload, handle)
+
+    def load(self, index: int) -> BatchResults:
+        path = self._path(index)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return BatchResults(**payload)
+        except Exception as error:  # a file we wrote atomically; unreadable means the disk was tampered with
+            raise AudioInterpError(f"{path}: unreadable partial result ({type(error).__name__}); delete it to "
+                                   "recompute that batch") from None
+
+    def clear(self) -> None:
+        """Remove the partial results, once the final outputs are written."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def run_key(config: dict[str, Any], model_sha256: str) -> str:
+    """What makes two processes' batches interchangeable: the resolved config without the shard
+    index (all shards of a run share batches) and the model's weights."""
+    config = {k: v for k, v in config.items() if k != "shard"} | {"shard_count": config.get("shard", {}).get("count")}
+    blob = json.dumps({"config": config, "model": model_sha256}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """The resolved config's hash without the shard index: how a finished run is recognised."""
+    config = {k: v for k, v in config.items() if k != "shard"} | {"shard_count": config.get("shard", {}).get("count")}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_shard(index, count) -> tuple[int, int]:
+    """``(shard.index, shard.count)``, or an AudioInterpError naming the bad one."""
+    count = expect_int("shard.count", count, 1)
+    index = expect_int("shard.index", index, 0)
+    if index >= count:
+        raise AudioInterpError(f"shard.index: expected 0 to {count - 1} (shard.count={count}), got {index}")
+    return index, count
+
+
+def shard_batches(n_batches: int, index: int, count: int) -> range:
+    """The contiguous batches shard ``index`` of ``count`` explains: whole batches, so every batch is
+    the same set of clips as in the unsharded run, and its results are bit-identical."""
+    return range(index * n_batches // count, (index + 1) * n_batches // count)
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a killed run left under ``run_dir``; returns them.
+
+    Call only while holding :data:`OCCUPIED_LOCK` exclusively: a live process's temporaries are not leftovers.
+    """
+    leftovers = [p for p in Path(run_dir).rglob(TEMPORARY_GLOB) if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    if leftovers:
+        log.info("removed %d temporary file(s) left by an interrupted run in %s", len(leftovers), run_dir)
+    return leftovers
+
+
+class Occupancy:
+    """The current process's claim on a run folder, for the whole run (see :data:`OCCUPIED_LOCK`).
+
+    On entry, a folder no other live process works in is cleaned of a killed run's temporaries.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._locks: list = []
+
+    def __enter__(self) -> "Occupancy":
+        lock_path = self.run_dir / OCCUPIED_LOCK
+        exclusive = file_lock(lock_path, blocking=False)
+        if exclusive.__enter__():
+            remove_temporaries(self.run_dir)
+        exclusive.__exit__(None, None, None)
+        # a window between the two in which another process may clean: it finds nothing of ours yet
+        shared = file_lock(lock_path, shared=True)
+        shared.__enter__()
+        self._locks.append(shared)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for lock in self._locks:
+            lock.__exit__(None, None, None)
+        self._locks.clear()
+        if (self.run_dir / "run.json").is_file():  # finished: leave only results behind, unless others still work here
+            lock_path = self.run_dir / OCCUPIED_LOCK
+            with file_lock(lock_path, blocking=False) as alone:
+                if alone:
+                    (self.run_dir / ASSEMBLY_LOCK).unlink(missing_ok=True)
+                    lock_path.unlink(missing_ok=True)
