@@ -6,6 +6,7 @@ settings, seed), so a sweep over explainers, masks and noises trains once and re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -13,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from audiointerp.atomic import atomic_path
+from audiointerp.atomic import atomic_path, file_lock
 from audiointerp.errors import AudioInterpError
 
 log = logging.getLogger(__name__)
@@ -98,23 +100,117 @@ def fit(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, valid_inpu
 
 
 def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
-    """Write ``{"state_dict", "metadata"}`` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "metadata": metadata}, tmp)
+    """Write ``{"state_dict", "metadata"}`` atomically; the same weights and metadata give the same bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        # Into an open file, not a path: given a path, torch.save names the archive inside after the
+        # file, and the random temporary name would make every save of the same model differ.
+        torch.save({"state_dict": model.state_dict(), "metadata": metadata}, handle)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load weights saved by :func:`save_checkpoint` into ``model``; returns the saved metadata."""
+#: What a ``model.checkpoint`` must share with the run that explains with it, as dotted prefixes of
+#: the settings saved in its metadata: the input representation, the dataset and its classes (as
+#: ``training_identity`` names them, and as checkpoints saved before it did), the architecture.
+#: Training settings (epochs, lr, seed, clip counts, folds) may differ: explaining another training
+#: of the same model is a legitimate experiment.
+CHECKPOINT_MUST_MATCH = ("feature", "data.dataset", "data._target_", "data.subset", "data.n_classes",
+                         "data.duration_s", "model._target_", "model.width")
+
+
+class _Unusable(Exception):
+    """Why a file cannot fill the model; the message reads after the file's name."""
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load weights saved by :func:`save_checkpoint` (or a bare state dict) into ``model``; returns the
+    saved metadata ({} for a bare state dict).
+
+    ``settings``: this run's model settings (as :func:`obtain_model` gets them); a checkpoint whose
+    saved settings differ in :data:`CHECKPOINT_MUST_MATCH` is refused, naming the settings. Every
+    problem is one AudioInterpError line, and ``model`` is left as it was.
+    """
     path = Path(path)
     if not path.is_file():
         raise AudioInterpError(f"model.checkpoint: no such file {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError, TypeError, EOFError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AudioInterpError(f"model.checkpoint: {path} is not a checkpoint for this model/feature ({first_line})") from None
-    return dict(payload.get("metadata", {}))
+        return _load_into(model, path, settings)
+    except _Unusable as problem:
+        raise AudioInterpError(f"model.checkpoint: {path} {problem}") from None
+
+
+def _load_into(model: nn.Module, path: Path, settings: dict[str, Any] | None) -> dict[str, Any]:
+    """:func:`load_checkpoint` without the option's name: raises _Unusable, for a cache entry too."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on a foreign pickle; the error below says it
+            # weights_only: a file from elsewhere is never unpickled beyond tensors and plain
+            # containers, so a foreign or malicious pickle constructs nothing and runs no code.
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise _Unusable(f"cannot be read ({error.strerror or error})") from None
+    except Exception as error:  # a file torch did not write fails as zip, pickle, EOF, key errors...
+        raise _Unusable(f"is not a checkpoint: torch.load(weights_only=True) cannot read it "
+                        f"({type(error).__name__})") from None
+    if isinstance(payload, dict) and "state_dict" in payload:
+        state, metadata = payload["state_dict"], payload.get("metadata")
+    else:  # a bare state dict, as torch.save(model.state_dict(), ...) writes elsewhere
+        state, metadata = payload, None
+    if not (isinstance(state, dict) and state
+            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())):
+        raise _Unusable("is not a checkpoint: it holds no state dict of named tensors")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    if settings is not None and isinstance(metadata.get("settings"), dict):
+        differences = _differences(metadata["settings"], settings)
+        if len(differences) == 1:
+            saved, current = differences[0]
+            raise _Unusable(f"was trained with {saved}, this run has {current}")
+        if differences:
+            listed = ", ".join(f"{saved} (this run has {current})" for saved, current in differences[:3])
+            more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+            raise _Unusable(f"was trained with {listed}{more}")
+    # Checked before loading: load_state_dict copies the tensors that fit before it raises on the
+    # others, and a half-loaded model must not go on to be retrained (the result would differ).
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} of its tensors missing ({_few(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} tensors not its own ({_few(unexpected)})"] if unexpected else []
+        raise _Unusable(f"does not fit this model: {'; '.join(parts)}")
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise _Unusable(f"does not fit this model: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} in the file, "
+                        f"{tuple(expected[wrong[0]].shape)} in the model{more}")
+    model.load_state_dict(state)
+    return dict(metadata)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
+    """("feature.n_mels=128", "64") for each CHECKPOINT_MUST_MATCH setting that differs, in this run's
+    order. Only settings both record count: one saved before a setting existed, or under another
+    name, is not held to it."""
+    old, new = _flatten(saved), _flatten(current)
+    return [(f"{k}={_show(old[k])}", _show(value)) for k, value in new.items()
+            if k in old and old[k] != value and any(k == p or k.startswith(p + ".") for p in CHECKPOINT_MUST_MATCH)]
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -134,6 +230,7 @@ def cache_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: The source files, relative to the package folder, whose code turns clips into trained weights.
 @dataclass
 class ModelSource:
     """Where the run's weights came from: ``checkpoint``, ``cache`` or ``trained``."""
@@ -151,34 +248,87 @@ def obtain_model(model: nn.Module, *, checkpoint: str | None, cache_dir: Path | 
     ``load_train_valid()`` -> (train_inputs, train_labels, valid_inputs, valid_labels) is only
     called when training is needed. The checkpoint always ends up as ``run_dir/model.pt`` (a hard
     link to the cache entry where possible, so a sweep does not copy full-size weights per job).
+
+    The cache can be shared by jobs that start at once, on one machine or on a cluster's shared
+    file system: the first to miss takes the entry's lock (``<cache_dir>/<key>.lock``) and trains;
+    the others wait for it and reuse its entry. The OS releases the lock when its holder dies, so a
+    crashed trainer leaves the next one to train. A corrupted entry is deleted and retrained.
     """
     run_checkpoint = Path(run_dir) / "model.pt"
     if checkpoint:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, settings)
         log.info("loaded model.checkpoint=%s", checkpoint)
         return ModelSource("checkpoint", Path(checkpoint))
-    cached = Path(cache_dir) / f"{cache_key(settings)}.pt" if cache_dir else None
-    if cached is not None and cached.is_file():
-        load_checkpoint(model, cached)
-        log.info("reusing cached model %s (same data, feature, model and training settings)", cached)
-        _link_or_copy(cached, run_checkpoint)
+
+    def train_and_save() -> TrainResult:
+        result = fit(model, *load_train_valid(), epochs=epochs, lr=lr, batch_size=batch_size, device=device,
+                     seed=seed)
+        save_checkpoint(model, run_checkpoint, {"settings": settings, "best_epoch": result.best_epoch,
+                                                "best_valid_accuracy": result.best_valid_accuracy,
+                                                "history": result.history})
+        return result
+
+    if not cache_dir:
+        return ModelSource("trained", run_checkpoint, train_and_save())
+    cached = Path(cache_dir) / f"{cache_key(settings)}.pt"
+    # Entries appear by an atomic rename, whole: one that is there and loads needs no lock.
+    if _reuse(model, cached, settings, run_checkpoint, discard=False):
         return ModelSource("cache", cached)
-    train_inputs, train_labels, valid_inputs, valid_labels = load_train_valid()
-    result = fit(model, train_inputs, train_labels, valid_inputs, valid_labels, epochs=epochs, lr=lr,
-                 batch_size=batch_size, device=device, seed=seed)
-    metadata = {"settings": settings, "best_epoch": result.best_epoch,
-                "best_valid_accuracy": result.best_valid_accuracy, "history": result.history}
-    save_checkpoint(model, run_checkpoint, metadata)
-    if cached is not None:
+    # The lock file is never deleted: a job may hold or be waiting on it, and a new file of the same
+    # name would let a second trainer in beside the first.
+    with _exclusive(cached.with_suffix(".lock")):
+        # Looked at again: another job may have trained it while this one waited, or left a broken one.
+        if _reuse(model, cached, settings, run_checkpoint, discard=True):
+            return ModelSource("cache", cached)
+        # Only a holder of this lock writes the entry's temporary files, so any there are a killed
+        # trainer's.
+        for stale in cached.parent.glob(f".{cached.stem}.*.tmp{cached.suffix}"):
+            stale.unlink(missing_ok=True)
+        result = train_and_save()
         _link_or_copy(run_checkpoint, cached)
     return ModelSource("trained", run_checkpoint, result)
 
 
+def _reuse(model: nn.Module, cached: Path, settings: dict[str, Any], run_checkpoint: Path, *, discard: bool) -> bool:
+    """Load the cache entry ``cached`` into ``model`` and link it as the run's checkpoint; False if there
+    is none or it cannot be used, and then, with ``discard`` (only under its lock), delete it."""
+    if not cached.is_file():
+        return False
+    try:
+        _load_into(model, cached, settings)
+    except _Unusable as problem:
+        if discard:
+            log.warning("model cache entry %s %s: deleting it and training the model again", cached, problem)
+            cached.unlink(missing_ok=True)
+        return False
+    log.info("reusing cached model %s (same data, feature, model and training settings)", cached)
+    _link_or_copy(cached, run_checkpoint)
+    return True
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Hold ``lock`` exclusively for the block, saying so when another job holds it first."""
+    with file_lock(lock, blocking=False) as acquired:
+        if acquired:
+            yield
+            return
+    log.info("waiting for another job training the same model (%s)", lock)
+    with file_lock(lock):
+        yield
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` the file ``source`` is: a hard link where the file system allows, else a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(source, target):
+        return  # already one file (a re-run into the same folder): nothing to do
     with atomic_path(target) as tmp:
         tmp.unlink()
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
+    # Renaming a link onto a name of the same file does nothing (POSIX), leaving the temporary name;
+    # a job linking the same entry at the same moment could make it so.
+    tmp.unlink(missing_ok=True)
