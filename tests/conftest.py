@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +49,26 @@ def esc50_root(shared_data: Path) -> Path:
     if not (root / "meta" / "esc50.csv").is_file() or not (root / "audio").is_dir():
         pytest.fail(f"ESC-50 copy not found: expected meta/esc50.csv and audio/ in {root}")
     return root
+
+
+@pytest.fixture(scope="session")
+def esc50_copy(esc50_root: Path):
+    """``esc50_copy(folder, stems) -> folder``: a small ESC-50 root made in ``folder``, with
+    meta/esc50.csv holding the real csv rows of ``stems`` (csv order) and audio/ their real FLAC files."""
+
+    def make(folder: Path, stems: list[str]) -> Path:
+        wanted = set(stems)
+        lines = (esc50_root / "meta" / "esc50.csv").read_text().splitlines(keepends=True)
+        kept = [lines[0]] + [line for line in lines[1:] if Path(line.split(",")[0]).stem in wanted]
+        assert len(kept) == len(wanted) + 1, f"not all of {sorted(wanted)} are in the csv"
+        (folder / "meta").mkdir(parents=True)
+        (folder / "meta" / "esc50.csv").write_text("".join(kept))
+        (folder / "audio").mkdir()
+        for stem in stems:
+            shutil.copyfile(esc50_root / "audio" / f"{stem}.flac", folder / "audio" / f"{stem}.flac")
+        return folder
+
+    return make
 
 
 @dataclass

@@ -50,11 +50,12 @@ def test_metadata_has_all_rows_and_folds(esc50_root):
 
 @pytest.mark.parametrize("fold", [1, 2, 3, 4, 5])
 def test_esc10_has_80_clips_per_fold_with_labels_0_to_9(esc50_root, fold):
-    others = [f for f in range(1, 6) if f != fold]
+    test_fold = fold % 5 + 1
+    others = [f for f in range(1, 6) if f not in (fold, test_fold)]
     dataset = ESC50(str(esc50_root), 32000, subset="esc10", missing="error",
-                    train_folds=others, valid_folds=[fold], test_folds=[fold])
+                    train_folds=others, valid_folds=[fold], test_folds=[test_fold])
     assert dataset.n_classes == 10 and dataset.class_names == ESC10_CLASSES
-    assert len(dataset.clip_files["valid"]) == 80 and len(dataset.clip_files["train"]) == 320
+    assert len(dataset.clip_files["valid"]) == 80 and len(dataset.clip_files["train"]) == 240
     labels = Counter(dataset.label_of_target[row.target] for row, _ in dataset.clip_files["valid"])
     assert labels == {label: 8 for label in range(10)}
 
@@ -62,10 +63,12 @@ def test_esc10_has_80_clips_per_fold_with_labels_0_to_9(esc50_root, fold):
 def test_esc10_split_loads_real_clips_with_remapped_labels(esc50_root):
     dataset = ESC50(str(esc50_root), 32000, subset="esc10", limit=3, missing="error")
     clips = dataset.load_split("test")
-    assert clips.clip_ids == ["5-151085-A-20", "5-170338-A-41", "5-170338-B-41"]
-    # Targets 20 (crying_baby) and 41 (chainsaw) are ESC-10 labels 5 and 9.
-    assert clips.labels.tolist() == [5, 9, 9]
-    assert [clips.class_names[label] for label in clips.labels] == ["crying_baby", "chainsaw", "chainsaw"]
+    # limit=3 takes the first fold-5 clip of ESC-10 labels 0, 1 and 2, listed in csv order (the
+    # csv's first three fold-5 ESC-10 rows are crying_baby and chainsaw).
+    assert clips.clip_ids == ["5-181766-A-10", "5-194930-A-1", "5-203128-A-0"]
+    # Targets 10 (rain), 1 (rooster) and 0 (dog) are ESC-10 labels 2, 1 and 0.
+    assert clips.labels.tolist() == [2, 1, 0]
+    assert [clips.class_names[label] for label in clips.labels] == ["rain", "rooster", "dog"]
     assert clips.waveforms.shape == (3, 160000) and clips.waveforms.dtype == torch.float32
     torch.testing.assert_close(clips.waveforms.abs().amax(dim=1), torch.ones(3))
     assert clips.sample_rate == 32000
@@ -73,7 +76,7 @@ def test_esc10_split_loads_real_clips_with_remapped_labels(esc50_root):
 
 def test_unnormalised_16k_clips_are_resampled_file_contents(esc50_root):
     dataset = ESC50(str(esc50_root), 16000, limit=2, peak_normalise=False, valid_folds=[4], missing="error",
-                    train_folds=[1, 2, 3], test_folds=[4], subset="esc10")
+                    train_folds=[1, 2, 3], test_folds=[5], subset="esc10")
     clips = dataset.load_split("valid")
     assert clips.waveforms.shape == (2, 80000)
     original, rate = soundfile.read(esc50_root / "audio" / f"{clips.clip_ids[0]}.flac", dtype="float32")
@@ -85,7 +88,7 @@ def test_unnormalised_16k_clips_are_resampled_file_contents(esc50_root):
 
 
 def test_fold_4_is_complete_for_all_50_classes(esc50_root):
-    dataset = ESC50(str(esc50_root), 32000, limit=4, missing="skip")
+    dataset = ESC50(str(esc50_root), 32000, missing="skip")
     assert dataset.n_classes == 50 and len(dataset.class_names) == 50
     assert dataset.class_names[0] == "dog" and dataset.class_names[49] == "hand_saw"
     assert dataset.label_of_target == {target: target for target in range(50)}, "ESC-50 labels are its targets"
@@ -115,7 +118,11 @@ def test_missing_clips_are_skipped_with_a_warning_by_default(esc50_root, caplog)
     assert len(warnings) == 2, "train and test folds are partial, valid (fold 4) is complete"
     clips = dataset.load_split("test")
     assert len(clips) == 8 and all(stem in there for stem in clips.clip_ids)
-    assert clips.clip_ids == [stem for stem in fold5 if stem in there][:8]
+    # Round-robin over the classes that are there: the first present clip of the 8 lowest targets.
+    present = [row for row in csv_rows(esc50_root) if row["fold"] == "5" and Path(row["filename"]).stem in there]
+    targets = sorted({int(row["target"]) for row in present})[:8]
+    firsts = {int(row["target"]): Path(row["filename"]).stem for row in reversed(present)}
+    assert clips.clip_ids == [stem for stem in fold5 if stem in {firsts[t] for t in targets}]
 
 
 def test_configuration_errors_name_the_option(esc50_root, tmp_path):
@@ -129,6 +136,10 @@ def test_configuration_errors_name_the_option(esc50_root, tmp_path):
         ESC50(str(esc50_root), 32000, train_folds=[1, 2, 3], test_folds=[3])
     with pytest.raises(AudioInterpError, match="data.valid_folds"):
         ESC50(str(esc50_root), 32000, valid_folds=[6])
+    with pytest.raises(AudioInterpError, match=r"data.test_folds: fold\(s\) \[4\] are also in data.valid_folds"):
+        ESC50(str(esc50_root), 32000, valid_folds=[4], test_folds=[4])
+    with pytest.raises(AudioInterpError, match=r"data.test_folds: fold\(s\) \[5\] are also in data.valid_folds"):
+        ESC50(str(esc50_root), 32000, valid_folds=[4, 5], test_folds=[5])
     with pytest.raises(AudioInterpError, match="split"):
         ESC50(str(esc50_root), 32000, subset="esc10").load_split("dev")
 
@@ -143,6 +154,147 @@ def test_hydra_configs_instantiate_on_the_shared_copy(esc50_root):
     dataset = instantiate(esc50.data)
     assert dataset.n_classes == 50 and dataset.missing == "skip"
     assert dataset.load_split("test").waveforms.shape == (2, int(5 * esc50.feature.sample_rate))
+
+
+# --- clip counts ----------------------------------------------------------------------------------
+
+def class_order(clips) -> dict[int, list[str]]:
+    """target -> its clips' stems, in the given order."""
+    by_class: dict[int, list[str]] = {}
+    for row, _ in clips:
+        by_class.setdefault(row.target, []).append(row.stem)
+    return by_class
+
+
+def esc10_fold_rows(esc50_root: Path, folds: set[int]) -> list[dict]:
+    return [row for row in csv_rows(esc50_root) if row["esc10"] == "True" and int(row["fold"]) in folds]
+
+
+def test_limit_takes_the_same_number_of_each_class(esc50_root):
+    dataset = ESC50(str(esc50_root), 32000, subset="esc10", limit=20, missing="error")
+    for split, folds in (("train", {1, 2, 3}), ("valid", {4}), ("test", {5})):
+        clips = dataset.clip_files[split]
+        assert len(clips) == 20
+        rows = esc10_fold_rows(esc50_root, folds)
+        csv_stems = [Path(row["filename"]).stem for row in rows]
+        # each class's first two clips, kept in csv order
+        assert [row.stem for row, _ in clips] == [stem for stem in csv_stems if stem in {row.stem for row, _ in clips}]
+        expected = {}
+        for row in rows:
+            expected.setdefault(int(row["target"]), []).append(Path(row["filename"]).stem)
+        assert class_order(clips) == {target: stems[:2] for target, stems in expected.items()}, split
+    assert Counter(dataset.load_split("valid").labels.tolist()) == {label: 2 for label in range(10)}
+
+
+def test_a_limit_that_is_no_multiple_of_the_classes_favours_the_lower_labels(esc50_root):
+    dataset = ESC50(str(esc50_root), 32000, subset="esc10", limit=13, missing="error")
+    counts = Counter(dataset.label_of_target[row.target] for row, _ in dataset.clip_files["valid"])
+    assert counts == {label: 2 if label < 3 else 1 for label in range(10)}
+
+
+def test_clips_per_class_takes_each_class_first_clips_and_limit_caps_them(esc50_root):
+    dataset = ESC50(str(esc50_root), 32000, subset="esc10", clips_per_class={"train": 3, "test": 1}, missing="error")
+    expected = {}
+    for row in esc10_fold_rows(esc50_root, {1, 2, 3}):
+        expected.setdefault(int(row["target"]), []).append(Path(row["filename"]).stem)
+    assert class_order(dataset.clip_files["train"]) == {target: stems[:3] for target, stems in expected.items()}
+    assert len(dataset.clip_files["valid"]) == 80, "a split clips_per_class does not name keeps all its clips"
+    assert Counter(row.target for row, _ in dataset.clip_files["test"]) == {target: 1 for target in ESC10_TARGETS}
+
+    capped = ESC50(str(esc50_root), 32000, subset="esc10", clips_per_class={"train": 3}, limit=15, missing="error")
+    counts = Counter(capped.label_of_target[row.target] for row, _ in capped.clip_files["train"])
+    assert counts == {label: 2 if label < 5 else 1 for label in range(10)}
+    assert set(capped.clip_files["train"]) <= set(dataset.clip_files["train"])
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"clips_per_class": {"train": 6, "dev": 2}}, "data.clips_per_class: unknown split 'dev'"),
+    ({"clips_per_class": {"train": 0}}, "data.clips_per_class.train: expected a positive integer"),
+    ({"clips_per_class": {"valid": 1.5}}, "data.clips_per_class.valid: expected a positive integer"),
+    ({"clips_per_class": {"test": True}}, "data.clips_per_class.test: expected a positive integer"),
+    ({"clips_per_class": [6, 2, 2]}, "data.clips_per_class: expected a mapping"),
+    ({"limit": 0}, "data.limit: expected a positive integer"),
+    ({"limit": 2.5}, "data.limit: expected a positive integer"),
+    ({"limit": "8"}, "data.limit: expected a positive integer"),
+    ({"valid_folds": [5], "test_folds": [5]}, "data.test_folds: fold(s) [5] are also in data.valid_folds"),
+])
+def test_bad_clip_counts_and_folds_are_refused_before_anything_is_read(tmp_path, options, message):
+    # tmp_path has no meta/esc50.csv: the option's error must come before the root is looked at.
+    with pytest.raises(AudioInterpError) as error:
+        ESC50(str(tmp_path), 32000, **options)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("data", ["synthetic", "esc10", "esc50"])
+def test_smoke_experiment_composes_with_every_data_group(esc50_root, data):
+    from audiointerp.errors import build
+
+    root = [] if data == "synthetic" else [f"data.root={esc50_root}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "conf")):
+        cfg = compose("config", overrides=["experiment=smoke", f"data={data}", *root])
+    dataset = build(cfg.data)  # as the run builds it
+    assert dataset.clips_per_class == {"train": 6, "valid": 2, "test": 2}
+    if data == "synthetic":
+        return
+    there = present_stems(esc50_root)
+    for split, folds, per_class in (("train", {1, 2, 3}, 6), ("valid", {4}, 2), ("test", {5}, 2)):
+        available = Counter(int(row["target"]) for row in csv_rows(esc50_root)
+                            if int(row["fold"]) in folds and Path(row["filename"]).stem in there
+                            and int(row["target"]) in dataset.label_of_target)
+        # ESC-10 has every clip; a class of the partial ESC-50 copy with fewer clips keeps all it has
+        expected = {target: min(per_class, n) for target, n in available.items()}
+        assert Counter(row.target for row, _ in dataset.clip_files[split]) == expected, split
+    if data == "esc10":
+        assert len(dataset.clip_files["train"]) == 60
+
+
+# --- clips shorter than duration_s ----------------------------------------------------------------
+
+# Two ESC-10 classes: train fold 1, valid fold 4, test fold 5.
+SMALL_COPY = {"train": ["1-100032-A-0", "1-26806-A-1"], "valid": ["4-182395-A-0", "4-164021-A-1"],
+              "test": ["5-203128-A-0", "5-194930-A-1"]}
+
+
+def cut_clip(path: Path, seconds: float) -> np.ndarray:
+    """Rewrite the FLAC at ``path`` as its first ``seconds``; returns those samples (float32)."""
+    samples, rate = soundfile.read(path, dtype="float32")
+    cut = samples[:int(seconds * rate)]
+    soundfile.write(path, cut, rate, subtype="PCM_16", format="FLAC")
+    return cut
+
+
+def small_copy(esc50_copy, folder: Path) -> Path:
+    return esc50_copy(folder, [stem for stems in SMALL_COPY.values() for stem in stems])
+
+
+def test_a_short_clip_is_named_in_a_warning_once_and_zero_padded(esc50_copy, tmp_path, caplog):
+    root = small_copy(esc50_copy, tmp_path / "esc50")
+    short, other = (root / "audio" / f"{stem}.flac" for stem in (SMALL_COPY["train"][1], SMALL_COPY["test"][0]))
+    cut = cut_clip(short, 2.0)
+    cut_clip(other, 4.5)
+    with caplog.at_level(logging.WARNING, logger="audiointerp.data.esc50"):
+        dataset = ESC50(str(root), 32000, subset="esc10", train_folds=[1], missing="skip")
+        clips = dataset.load_split("train")
+        dataset.load_split("test")
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert str(short) in warnings[0] and "2.000 s" in warnings[0] and "data.duration_s=5" in warnings[0]
+    assert str(other) in warnings[1] and "4.500 s" in warnings[1]
+    waveform = clips.waveforms[clips.clip_ids.index(short.stem)]
+    torch.testing.assert_close(waveform[:64000], torch.from_numpy(cut / np.abs(cut).max()))
+    assert torch.all(waveform[64000:] == 0)
+
+
+def test_a_short_clip_is_refused_under_missing_error(esc50_copy, tmp_path):
+    root = small_copy(esc50_copy, tmp_path / "esc50")
+    short = root / "audio" / f"{SMALL_COPY['valid'][0]}.flac"
+    cut_clip(short, 3.0)
+    with pytest.raises(AudioInterpError) as error:
+        ESC50(str(root), 32000, subset="esc10", train_folds=[1], missing="error")
+    message = str(error.value)
+    assert message.startswith(f"{short}: 3.000 s long") and "data.missing=skip" in message and "\n" not in message
+    # a clip the splits do not use is not checked
+    assert ESC50(str(root), 32000, subset="esc10", train_folds=[1], valid_folds=[2], missing="error").n_classes == 2
 
 
 # --- download path ------------------------------------------------------------------------------

@@ -6,13 +6,35 @@ sees ClipSets, so synthetic clips and ESC-50 go through the same code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from audiointerp.errors import AudioInterpError
+
 #: The splits every dataset has: trained on, validated on (best epoch), explained by default.
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+
+
+def check_clips_per_class(value: Any) -> dict[str, int]:
+    """``data.clips_per_class`` (split name -> clips per class, every dataset's option) as a dict.
+
+    Raises:
+        AudioInterpError: not a mapping, an unknown split name, or a count that is not a positive integer.
+    """
+    if not isinstance(value, Mapping):
+        raise AudioInterpError(
+            f"data.clips_per_class: expected a mapping like {{train: 40, valid: 10, test: 10}}, got {value!r}")
+    counts = dict(value)
+    for split, count in counts.items():
+        if split not in SPLITS:
+            raise AudioInterpError(f"data.clips_per_class: unknown split {split!r}, expected one of {list(SPLITS)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise AudioInterpError(f"data.clips_per_class.{split}: expected a positive integer, got {count!r}")
+    return counts
 
 
 @dataclass

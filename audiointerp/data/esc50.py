@@ -9,11 +9,12 @@ marker file written only after the check tells later runs the copy is complete.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -24,10 +25,11 @@ from hydra.utils import to_absolute_path
 from tqdm import tqdm
 
 from audiointerp.atomic import atomic_path
-from audiointerp.data import SPLITS, ClipSet
+from audiointerp.data import SPLITS, ClipSet, audio, check_clips_per_class
 from audiointerp.data.audio import load_audio
 from audiointerp.data.download import fetch, safe_extract_zip
 from audiointerp.errors import AudioInterpError
+from audiointerp.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,24 @@ def _folds(option: str, folds: Iterable) -> tuple[int, ...]:
     return tuple(int(f) for f in values)
 
 
+Clip = tuple[Esc50Row, Path]
+
+
+def balanced_selection(clips: Sequence[Clip], per_class: int | None, limit: int | None) -> list[Clip]:
+    """The clips a split uses, class-balanced, in their original (csv) order.
+
+    Each class keeps its first ``per_class`` clips (all when None). Of those, ``limit`` (all when
+    None) are taken round-robin: every class's r-th clip, classes in target (= label) order,
+    before any class's (r+1)-th, so a limit of 20 on ESC-10 gives 2 clips of each of its 10 classes.
+    """
+    by_class: dict[int, list[int]] = {}  # target -> positions in ``clips``, csv order
+    for position, (row, _) in enumerate(clips):
+        by_class.setdefault(row.target, []).append(position)
+    ranked = sorted((rank, target, position) for target, positions in by_class.items()
+                    for rank, position in enumerate(positions[:per_class]))
+    return [clips[position] for position in sorted(position for _, _, position in ranked[:limit])]
+
+
 class ESC50:
     """ESC-50 or ESC-10 clips, split by fold, loaded into memory one split at a time.
 
@@ -203,19 +223,25 @@ class ESC50:
             None to download and verify the official archive into ``download_dir``.
         sample_rate: Hz the clips are resampled to.
         duration_s: clip length; clips are cut or zero-padded to it.
-        train_folds, valid_folds, test_folds: the folds (1-5) of each split.
-        limit: keep only the first ``limit`` clips of each split (csv order), or None for all.
+        train_folds, valid_folds, test_folds: the folds (1-5) of each split; no fold may be in two.
+        limit: at most ``limit`` clips per split, taken round-robin over the classes (see
+            :func:`balanced_selection`), or None for all.
+        clips_per_class: split name -> the first N clips (csv order) of each class in that split,
+            e.g. ``{"train": 6, "valid": 2, "test": 2}``; a split not named, or None, keeps all.
+            Applied before ``limit``.
         peak_normalise: divide each clip by its largest absolute sample.
         subset: "esc50" (50 classes) or "esc10" (the 10 ESC-10 classes, labels 0-9 in the order
             of their ESC-50 targets).
-        missing: clips of the selected folds absent from ``root``: "skip" logs a warning with
-            the counts and uses the clips that are there; "error" refuses to run.
+        missing: clips of the selected folds absent from ``root``, or shorter than ``duration_s``:
+            "skip" logs a warning (with the counts; naming each short file, which is zero-padded)
+            and uses the clips that are there; "error" refuses to run.
         download_dir: where the archive is downloaded and extracted when ``root`` is None.
         url, expected_clips: the archive and its clip count (tests point them at a small copy).
 
     Attributes:
-        n_classes, class_names, sample_rate; ``missing_clip_ids``: split -> ids of its folds'
-        clips that are not in ``root`` (all empty for a downloaded copy).
+        n_classes, class_names, sample_rate; ``clip_files``: split -> (row, path) of the clips it
+        uses (present, after ``clips_per_class`` and ``limit``), csv order; ``missing_clip_ids``:
+        split -> ids of its folds' clips that are not in ``root`` (all empty for a downloaded copy).
     """
 
     def __init__(
@@ -227,6 +253,7 @@ class ESC50:
         valid_folds: Sequence[int] = (4,),
         test_folds: Sequence[int] = (5,),
         limit: int | None = None,
+        clips_per_class: Mapping[str, int] | None = None,
         peak_normalise: bool = True,
         subset: str = "esc50",
         missing: str = "skip",
@@ -244,14 +271,16 @@ class ESC50:
             raise AudioInterpError(f"data.duration_s: expected a positive number of seconds, got {duration_s!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, Integral) or limit < 1):
             raise AudioInterpError(f"data.limit: expected a positive integer or null, got {limit!r}")
+        self.clips_per_class = {} if clips_per_class is None else check_clips_per_class(clips_per_class)
         self.folds = {"train": _folds("data.train_folds", train_folds),
                       "valid": _folds("data.valid_folds", valid_folds),
                       "test": _folds("data.test_folds", test_folds)}
-        for held_out in ("valid", "test"):
-            shared = sorted(set(self.folds["train"]) & set(self.folds[held_out]))
+        # Validation picks the best epoch, so a test fold shared with it would leak into the model too.
+        for first, second in (("train", "valid"), ("train", "test"), ("valid", "test")):
+            shared = sorted(set(self.folds[first]) & set(self.folds[second]))
             if shared:
-                raise AudioInterpError(f"data.{held_out}_folds: fold(s) {shared} are also in data.train_folds; "
-                                       "a held-out split must not share folds with training")
+                raise AudioInterpError(f"data.{second}_folds: fold(s) {shared} are also in data.{first}_folds; "
+                                       "expected the train, valid and test splits to have no fold in common")
 
         self.sample_rate = int(sample_rate)
         self.duration_s = float(duration_s)
@@ -289,6 +318,10 @@ class ESC50:
             self.clip_files[split] = [(row, files[row.stem]) for row in split_rows if row.stem in files]
             self.missing_clip_ids[split] = [row.stem for row in split_rows if row.stem not in files]
             self._report_missing(split, len(split_rows))
+            self.clip_files[split] = balanced_selection(self.clip_files[split], self.clips_per_class.get(split),
+                                                        self.limit)
+        self._check_lengths()
+        self._identity: dict | None = None
 
     def _report_missing(self, split: str, n_selected: int) -> None:
         missing = self.missing_clip_ids[split]
@@ -303,8 +336,51 @@ class ESC50:
         log.warning("%s; using the %d present (%d of %d classes) because data.missing=skip",
                     where, len(present), n_present_classes, self.n_classes)
 
+    def _check_lengths(self) -> None:
+        """Read the header of every clip the splits use: one shorter than ``duration_s`` is named in
+        a warning of its own and zero-padded when loaded, or refused under ``missing="error"``."""
+        short: list[str] = []
+        for split in SPLITS:
+            for _, path in self.clip_files[split]:
+                try:
+                    info = soundfile.info(str(path))
+                except (soundfile.LibsndfileError, RuntimeError) as error:
+                    reason = " ".join(str(error).split())
+                    raise AudioInterpError(f"{path}: cannot read audio ({reason}); expected a WAV or FLAC file") from None
+                # One sample of slack: duration_s is not a whole number of samples at every rate.
+                if info.frames < self.duration_s * info.samplerate - 1:
+                    short.append(f"{path}: {info.frames / info.samplerate:.3f} s long, shorter than "
+                                 f"data.duration_s={self.duration_s:g}")
+        if short and self.missing == "error":
+            more = f" (and {len(short) - 1} more clips)" if len(short) > 1 else ""
+            raise AudioInterpError(f"{short[0]}{more}; set data.missing=skip to zero-pad short clips")
+        for message in short:
+            log.warning("%s; zero-padded to %g s because data.missing=skip", message, self.duration_s)
+
+    def training_identity(self) -> dict:
+        """What determines the train and valid clips as the model sees them (part of the model cache
+        key): the clips actually used, by id, label and the sha256 of their file's bytes, and how
+        they are loaded. ``root``, ``missing`` and the test split are not in it."""
+        if self._identity is None:
+            digest = hashlib.sha256()
+            for split in ("train", "valid"):
+                for row, path in sorted(self.clip_files[split], key=lambda clip: clip[0].stem):
+                    label = self.label_of_target[row.target]
+                    digest.update(f"{split}\0{row.stem}\0{label}\0{file_sha256(path)}\n".encode())
+            self._identity = {
+                "dataset": "esc50", "subset": self.subset,
+                "clips_sha256": digest.hexdigest(),
+                "n_clips": {split: len(self.clip_files[split]) for split in ("train", "valid")},
+                "n_classes": self.n_classes, "sample_rate": self.sample_rate, "duration_s": self.duration_s,
+                "peak_normalise": self.peak_normalise,
+                # Resampling and padding turn the files into what the model is trained on.
+                "loader_sha256": file_sha256(audio.__file__),
+            }
+        return dict(self._identity)
+
     def load_split(self, split: str) -> ClipSet:
-        """The clips of ``split``'s folds that are present, first ``limit`` of them in csv order.
+        """The clips of ``split`` (``clip_files[split]``: present, after ``clips_per_class`` and
+        ``limit``), in csv order.
 
         Returns:
             ClipSet with waveforms (N, round(duration_s * sample_rate)) float32, labels (N,) int64,
@@ -312,7 +388,7 @@ class ESC50:
         """
         if split not in SPLITS:
             raise AudioInterpError(f"split: expected one of {list(SPLITS)}, got {split!r}")
-        clips = self.clip_files[split][:self.limit]
+        clips = self.clip_files[split]
         if not clips:
             raise AudioInterpError(f"data.{split}_folds {list(self.folds[split])}: no {SUBSET_NAMES[self.subset]} clips "
                                    f"of these folds in {self.root / 'audio'}")

@@ -19,8 +19,9 @@ import numpy as np
 import scipy.fft
 import torch
 
-from audiointerp.data import SPLITS, ClipSet
+from audiointerp.data import SPLITS, ClipSet, check_clips_per_class
 from audiointerp.errors import AudioInterpError
+from audiointerp.hashing import file_sha256
 
 
 PEAK_LEVEL = 0.9
@@ -310,15 +311,7 @@ class SyntheticClips:
             raise AudioInterpError(f"data.duration_s: expected a number >= {MIN_DURATION_S:g} s, got {duration_s!r}")
         if clips_per_class is None:
             clips_per_class = {"train": 40, "valid": 10, "test": 10}
-        if not isinstance(clips_per_class, Mapping):
-            raise AudioInterpError(
-                f"data.clips_per_class: expected a mapping like {{train: 40, valid: 10, test: 10}}, got {clips_per_class!r}")
-        clips_per_class = dict(clips_per_class)
-        for split, count in clips_per_class.items():
-            if split not in SPLITS:
-                raise AudioInterpError(f"data.clips_per_class: unknown split {split!r}, expected one of {list(SPLITS)}")
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise AudioInterpError(f"data.clips_per_class.{split}: expected a positive integer, got {count!r}")
+        clips_per_class = check_clips_per_class(clips_per_class)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise AudioInterpError(f"data.seed: expected a non-negative integer, got {seed!r}")
         self.n_distractors_range = _as_range("data.n_distractors", n_distractors, int)
@@ -347,6 +340,23 @@ class SyntheticClips:
     @property
     def clip_samples(self) -> int:
         return int(round(self.duration_s * self.sample_rate))
+
+    def training_identity(self) -> dict:
+        """What determines the train and valid clips (part of the model cache key).
+
+        Each split draws from its own generators, seeded by (seed, split, clip index), so the test
+        count changes no train or valid clip and is left out. The generator's source is in: a
+        change to how clips are drawn changes them without any setting changing.
+        """
+        return {
+            "dataset": "synthetic", "generator_sha256": file_sha256(__file__),
+            "sample_rate": self.sample_rate, "duration_s": self.duration_s, "n_classes": self.n_classes,
+            "clips_per_class": {split: self.clips_per_class.get(split) for split in ("train", "valid")},
+            "seed": self.seed, "snr_db": list(self.snr_db_range), "background": self.background,
+            "n_distractors": list(self.n_distractors_range),
+            "distractor_level_db": list(self.distractor_level_db_range), "padded_share": self.padded_share,
+            "padded_silence": list(self.padded_silence_range), "clean_share": self.clean_share,
+        }
 
     def load_split(self, split: str) -> ClipSet:
         """All clips of ``split`` ("train", "valid" or "test"), generated afresh.
