@@ -38,19 +38,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_settings(cfg: DictConfig, dataset) -> dict:
-    """Everything that determines the trained weights: the model cache key.
-
-    Clips missing from a partial copy of a dataset change the training set, so they are part of it.
-    """
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    missing = {split: len(ids) for split, ids in getattr(dataset, "missing_clip_ids", {}).items()}
-    return {"data": settings["data"], "data_missing": missing, "feature": settings["feature"],
-            "model": {k: v for k, v in settings["model"].items() if k not in ("checkpoint", "pretrained_dir")},
-            "train": {k: v for k, v in settings["train"].items() if k not in ("cache_dir", "cache")},
-            "seed": settings["seed"]}
-
-
 def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -91,7 +78,8 @@ def run(cfg: DictConfig) -> Path:
     source = train.obtain_model(
         model, checkpoint=cfg.model.checkpoint and to_absolute_path(cfg.model.checkpoint),
         cache_dir=Path(to_absolute_path(cfg.train.cache_dir)) if cfg.train.cache else None,
-        settings=model_settings(cfg, dataset), run_dir=run_dir, load_train_valid=load_train_valid,
+        settings=train.cache_settings(OmegaConf.to_container(cfg, resolve=True), dataset),
+        run_dir=run_dir, load_train_valid=load_train_valid,
         epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
 
     if explainer.needs_training_data:

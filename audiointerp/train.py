@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from audiointerp import hashing
 from audiointerp.atomic import atomic_path, file_lock
 from audiointerp.errors import AudioInterpError
 
@@ -231,6 +232,38 @@ def cache_key(settings: dict[str, Any]) -> str:
 
 
 #: The source files, relative to the package folder, whose code turns clips into trained weights.
+PACKAGE_ROOT = Path(__file__).resolve().parent
+TRAINING_SOURCES = ("features.py", "train.py")
+MODEL_SOURCES = "models"
+
+
+def code_version(root: str | os.PathLike = PACKAGE_ROOT) -> str:
+    """sha256 of the model, feature and training code under ``root`` (the package folder): every
+    ``.py`` in ``models/``, ``features.py`` and ``train.py``, by relative path, in sorted path order.
+
+    A change to any of them can change the weights, so it invalidates the cache entries made before.
+    """
+    root = Path(root)
+    models = [path.relative_to(root) for path in (root / MODEL_SOURCES).rglob("*.py")]
+    return hashing.sources_sha256(root, [*models, *TRAINING_SOURCES])
+
+
+def cache_settings(config: dict[str, Any], dataset) -> dict[str, Any]:
+    """Everything that determines the trained weights, and nothing else: the model cache key's settings.
+
+    Args:
+        config: the run's resolved configuration as a plain dict (``OmegaConf.to_container(cfg, resolve=True)``).
+        dataset: the run's dataset; its ``training_identity()`` stands for the train and valid clips
+            actually used (their files' bytes or generator settings), so the data's location, the
+            missing-clip policy, the test split and the explaining options are not in the key.
+    """
+    return {"code": code_version(), "data": dataset.training_identity(), "feature": config["feature"],
+            # Paths say where weights come from or go to, not what they are.
+            "model": {k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained_dir")},
+            "train": {k: v for k, v in config["train"].items() if k not in ("cache_dir", "cache")},
+            "seed": config["seed"]}
+
+
 @dataclass
 class ModelSource:
     """Where the run's weights came from: ``checkpoint``, ``cache`` or ``trained``."""
