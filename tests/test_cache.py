@@ -63,13 +63,24 @@ def test_rerun_into_the_same_folder_leaves_no_temporary_file(tmp_path):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     assert obtain(tiny_model(), run_dir, cache).kind == "trained"
     (entry,) = cache.glob("*.pt")
-    # The re-run finds run_dir/model.pt already a link to the entry: linking it again used to leave
-    # .model.*.tmp.pt behind, since renaming a link onto the same file does nothing.
     for _ in range(2):
-        assert obtain(tiny_model(), run_dir, cache).kind == "cache"
+        # from the cache, or from the run folder's own model.pt (resume): either way one file
+        assert obtain(tiny_model(), run_dir, cache).kind in ("cache", "run folder")
         assert leftovers(run_dir) == [] and leftovers(cache) == []
         assert os.path.samefile(run_dir / "model.pt", entry)
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.pt"]
+
+
+def test_linking_onto_a_link_to_the_same_file_leaves_no_temporary_file(tmp_path):
+    """A run folder whose model.pt is already the cache entry, linked again (a re-run, or two jobs
+    linking one entry at once): renaming a link onto a name of the same file does nothing, and
+    used to leave .model.*.tmp.pt behind."""
+    entry, target = tmp_path / "cache" / "0123.pt", tmp_path / "run" / "model.pt"
+    train.save_checkpoint(tiny_model(), entry, {})
+    for _ in range(3):
+        train._link_or_copy(entry, target)
+        assert os.path.samefile(entry, target)
+        assert leftovers(target.parent) == [] and leftovers(entry.parent) == []
 
 
 def test_the_same_model_saves_to_the_same_bytes_whatever_the_file_name(tmp_path):
