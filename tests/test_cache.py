@@ -263,6 +263,26 @@ def test_a_corrupted_cache_entry_is_deleted_and_retrained_as_if_absent(tmp_path,
     assert sorted(p.name for p in cache.iterdir()) == sorted([entry.name, entry.with_suffix(".lock").name])
 
 
+def test_a_file_system_without_locks_warns_and_still_trains_and_caches(tmp_path, monkeypatch, caplog):
+    """Lustre mounted without -o flock answers flock with ENOSYS; no such file system here, so flock
+    answers as it would there."""
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING, logger="audiointerp.train"):
+        assert obtain(tiny_model(), tmp_path / "run", cache).kind == "trained"
+    lock = cache / f"{train.cache_key(SETTINGS)}.lock"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot lock {lock} (Function not implemented; a shared file system mounted without locks?): jobs "
+        "starting together may each train this model"]
+    assert obtain(tiny_model(), tmp_path / "other run", cache).kind == "cache"
+
+
 # --- many jobs, one cache -------------------------------------------------------------------------
 
 #: One job: waits until every job of the test has started (files in ``gate``), then obtains the
