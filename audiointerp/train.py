@@ -199,12 +199,16 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
-    """("feature.n_mels=128", "64") for each CHECKPOINT_MUST_MATCH setting that differs, in this run's
-    order. Only settings both record count: one saved before a setting existed, or under another
-    name, is not held to it."""
+    """("feature.n_mels=128", "64") for each CHECKPOINT_MUST_MATCH setting that differs, in that tuple's
+    order (the feature first), then this run's. Only settings both record count: one saved before a
+    setting existed, or under another name, is not held to it."""
     old, new = _flatten(saved), _flatten(current)
-    return [(f"{k}={_show(old[k])}", _show(value)) for k, value in new.items()
-            if k in old and old[k] != value and any(k == p or k.startswith(p + ".") for p in CHECKPOINT_MUST_MATCH)]
+
+    def rank(key: str) -> int | None:
+        return next((i for i, p in enumerate(CHECKPOINT_MUST_MATCH) if key == p or key.startswith(p + ".")), None)
+
+    differing = [k for k in new if k in old and old[k] != new[k] and rank(k) is not None]
+    return [(f"{k}={_show(old[k])}", _show(new[k])) for k in sorted(differing, key=rank)]
 
 
 def _show(value: Any) -> str:
