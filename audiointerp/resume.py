@@ -119,18 +119,17 @@ class DiskStore(BatchStore):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def run_key(config: dict[str, Any], model_sha256: str) -> str:
-    """What makes two processes' batches interchangeable: the resolved config without the shard
-    index (all shards of a run share batches) and the model's weights."""
-    config = {k: v for k, v in config.items() if k != "shard"} | {"shard_count": config.get("shard", {}).get("count")}
-    blob = json.dumps({"config": config, "model": model_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def config_sha256(config: dict[str, Any]) -> str:
-    """The resolved config's hash without the shard index: how a finished run is recognised."""
-    config = {k: v for k, v in config.items() if k != "shard"} | {"shard_count": config.get("shard", {}).get("count")}
+    """The resolved config's hash without ``shard``: how a finished run is recognised. Shards explain
+    whole batches, so how a run is sharded does not change its results."""
+    config = {k: v for k, v in config.items() if k != "shard"}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_key(config: dict[str, Any], model_sha256: str) -> str:
+    """What makes two processes' batches interchangeable: the config (:func:`config_sha256`) and the
+    model's weights."""
+    return hashlib.sha256(f"{config_sha256(config)}:{model_sha256}".encode()).hexdigest()
 
 
 def check_shard(index, count) -> tuple[int, int]:
@@ -187,9 +186,9 @@ class Occupancy:
         for lock in self._locks:
             lock.__exit__(None, None, None)
         self._locks.clear()
-        if (self.run_dir / "run.json").is_file():  # finished: leave only results behind, unless others still work here
-            lock_path = self.run_dir / OCCUPIED_LOCK
-            with file_lock(lock_path, blocking=False) as alone:
-                if alone:
-                    (self.run_dir / ASSEMBLY_LOCK).unlink(missing_ok=True)
-                    lock_path.unlink(missing_ok=True)
+        # leave only results behind, unless other processes still work here
+        lock_path = self.run_dir / OCCUPIED_LOCK
+        with file_lock(lock_path, blocking=False) as alone:
+            if alone:
+                (self.run_dir / ASSEMBLY_LOCK).unlink(missing_ok=True)
+                lock_path.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import sys
@@ -15,7 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from audiointerp import masks, metrics, outputs, pipeline, sanity, train
+from audiointerp import masks, metrics, outputs, pipeline, resume, sanity, train
+from audiointerp.atomic import file_lock
 from audiointerp.data import SPLITS
 from audiointerp.errors import AudioInterpError, build, expect_int
 from audiointerp.models import build_model
@@ -42,13 +44,17 @@ def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     choices = HydraConfig.get().runtime.choices  # which option of each config group
+    config = OmegaConf.to_container(cfg, resolve=True)
+    # Everything is checked before anything is trained, explained or written: a bad value costs seconds.
     for option, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("n_examples", 0), ("seed", 0)):
         expect_int(option, cfg[option], minimum)
+    shard = resume.check_shard(cfg.shard.index, cfg.shard.count)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     feature = build(cfg.feature)
     dataset = build(cfg.data)
     contaminate = build(cfg.noise)
+    contaminate.check()
     if cfg.split not in SPLITS:
         raise AudioInterpError(f"split: expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
     mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties, cfg.mask.silence_level)
@@ -61,14 +67,26 @@ def run(cfg: DictConfig) -> Path:
                                f"(data=synthetic); data={choices.get('data')} has none")
     model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
     explainer.check(model)
+    if cfg.model.pretrained not in (None, "panns"):
+        raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
+    if cfg.model.checkpoint and not Path(to_absolute_path(cfg.model.checkpoint)).is_file():
+        raise AudioInterpError(f"model.checkpoint: no such file {to_absolute_path(cfg.model.checkpoint)}")
 
+    fingerprint = resume.config_sha256(config)
+    if outputs.finished(run_dir, fingerprint):
+        print(f"already complete: {run_dir.resolve()} (same configuration; delete the folder to run it again)")
+        return run_dir
+    with resume.Occupancy(run_dir):
+        return _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset,
+                    contaminate, mask_names, explainer, model)
+
+
+def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset, contaminate,
+         mask_names, explainer, model) -> Path:
     def split_inputs(split: str):
         clips = dataset.load_split(split)
         return pipeline.log_spectrograms(feature, clips.waveforms, cfg.eval_batch_size, device,
                                          desc=f"{split} spectrograms"), clips.labels
-
-    if cfg.model.pretrained not in (None, "panns"):
-        raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
 
     def load_train_valid():  # only called when a model must be trained, so a cache hit downloads nothing
         if cfg.model.pretrained == "panns":
@@ -85,15 +103,38 @@ def run(cfg: DictConfig) -> Path:
     if explainer.needs_training_data:
         explainer.prepare(model, *split_inputs("train"))
 
-    clean = dataset.load_split(cfg.split)
-    clean_inputs = pipeline.log_spectrograms(feature, clean.waveforms, cfg.eval_batch_size, device)
-    clean_accuracy = train.accuracy(model, clean_inputs, clean.labels, cfg.eval_batch_size, device)
-    clips = contaminate(clean)
+    clips = contaminate(dataset.load_split(cfg.split))
+    store = resume.DiskStore(run_dir, resume.run_key(config, train.fingerprint(model)))
+    n_batches = -(-len(clips) // cfg.batch_size)
+    batches = resume.shard_batches(n_batches, *shard)
+    resumed = sum(store.has(b) for b in batches)
+    if resumed:
+        log.info("resuming: %d of this run's %d batches of clips were finished before", resumed, len(batches))
     results = pipeline.explain_and_score(
         model, explainer, feature, clips, mask_names=mask_names, silence_level=cfg.mask.silence_level,
         ties=cfg.mask.ties, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
         n_examples=cfg.n_examples, on_example=outputs.ExampleWriter(run_dir, feature, feature.sample_rate),
-        audio_metrics=cfg.audio_metrics)
+        audio_metrics=cfg.audio_metrics, store=store, batches=batches)
+    if results is None:
+        done = sum(store.has(b) for b in range(n_batches))
+        print(f"shard {shard[0]} of {shard[1]}: batches {batches.start}-{batches.stop - 1} done; {done} of {n_batches} "
+              f"batches of {run_dir.resolve()} are; the shard that finishes the last one writes the results")
+        return run_dir
+    with file_lock(run_dir / resume.ASSEMBLY_LOCK):
+        if outputs.finished(run_dir, fingerprint):  # another shard wrote them while this one waited
+            return run_dir
+        _write_results(cfg, run_dir, choices, started, fingerprint, device, feature, dataset, contaminate, clips,
+                       results, explainer, model, source, resumed)
+        store.clear()
+    return run_dir
+
+
+def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature, dataset, contaminate, clips, results,
+                   explainer, model, source, resumed) -> None:
+    """Every output file of a run whose clips are all explained; run.json last."""
+    clean = dataset.load_split(cfg.split)
+    clean_inputs = pipeline.log_spectrograms(feature, clean.waveforms, cfg.eval_batch_size, device)
+    clean_accuracy = train.accuracy(model, clean_inputs, clean.labels, cfg.eval_batch_size, device)
     sanity_lines, sanity_summary = [], None
     if cfg.sanity:
         rows = sanity.check_clips(model, explainer, feature, clips, n_clips=cfg.sanity_clips, seed=cfg.seed,
@@ -107,48 +148,105 @@ def run(cfg: DictConfig) -> Path:
     per_mask = outputs.summarise(results)
     identity = {"explainer": choices.get("explainer"), "feature": choices.get("feature"), "data": choices.get("data"),
                 "noise": choices.get("noise"), "mask_set": choices.get("mask"), "silence_level": cfg.mask.silence_level,
-                "model_source": source.kind, "seed": cfg.seed}
+                "seed": cfg.seed}
     summary = outputs.write_summary(run_dir, per_mask, identity)
     warning = metrics.collapse_warning([m["predicted_masked"] for m in results.metrics.values()],
                                        [m["predicted_unmasked"] for m in results.metrics.values()], clips.class_names)
     outputs.write_attributions(run_dir, clips, results)
     explained_accuracy = (results.predicted == clips.labels).float().mean().item()
+    seconds = round(time.perf_counter() - started, 2)
+    # How this process got its results; not part of them (run.json is the same however the model
+    # was obtained, and whether the run was interrupted).
+    provenance = {"model_source": source.kind, "model_path": str(source.path), "seconds": seconds,
+                  "resumed_batches": resumed, "audio_seconds_per_clip": results.audio_seconds_per_clip,
+                  "seconds_per_epoch": None if source.train_result is None
+                  else round(source.train_result.seconds_per_epoch, 2)}
+    outputs.write_json(run_dir / "provenance.json", provenance)
     report = {
-        "run": identity,
+        "run": identity, "config_sha256": fingerprint,
         "split": cfg.split, "n_clips": len(clips), "class_names": list(clips.class_names), "clean_accuracy": clean_accuracy,
-        "explained_accuracy": explained_accuracy, "model_source": source.kind, "model_path": str(source.path),
-        "seconds": round(time.perf_counter() - started, 2), "device": str(device),
+        "explained_accuracy": explained_accuracy, "device": str(device),
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
                   for name, row in per_mask.items()},
         "collapse_warning": warning,
         # after the sanity checks, which randomise the model in place and restore it: a check that it did
         "model_sha256": train.fingerprint(model),
         "localization": outputs.localization_means(results) or None,
-        "audio_seconds_per_clip": results.audio_seconds_per_clip,
         "sanity": sanity_summary, "sanity_lines": sanity_lines or None,
     }
-    if source.train_result is not None:
-        report.update(best_epoch=source.train_result.best_epoch,
-                      best_valid_accuracy=source.train_result.best_valid_accuracy,
-                      seconds_per_epoch=round(source.train_result.seconds_per_epoch, 2))
-    outputs.write_json(run_dir / "run.json", report)
+    # from the checkpoint's metadata: the same whether trained here, resumed or taken from the cache
+    report.update({k: source.metadata[k] for k in ("best_epoch", "best_valid_accuracy") if k in source.metadata})
+    outputs.write_json(run_dir / "run.json", report)  # last: its presence says the run is complete
     print(f"{cfg.split} accuracy {clean_accuracy:.2%} (clean), {explained_accuracy:.2%} (explained, noise={contaminate.name}); "
-          f"model: {source.kind}; {report['seconds']:.0f} s")
+          f"model: {source.kind}; {seconds:.0f} s")
     if warning:
         print(warning)
     for line in sanity_lines:
         print(line)
     print(f"results: {run_dir.resolve()} (summary: {summary.resolve()})")
-    return run_dir
+
+
+def _log_to_file(message: str) -> None:
+    """``message`` into run.log (Hydra's file handler) only: the console gets it on stderr."""
+    record = logging.LogRecord("audiointerp", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    _log_to_file(message)
+    sys.exit(2)
+
+
+#: What a full disk, a read-only or unwritable folder look like; reported as one line, not a traceback.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except AudioInterpError as error:
+        _fail(str(error))
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRORS:
+            raise
+        _fail(f"cannot write {error.filename or 'the output folder'}: {error.strerror.lower()}")
+
+
+def resume_arguments(arguments: list[str]) -> list[str]:
+    """The command line of ``resume=PATH``: the overrides saved in PATH, into PATH again.
+
+    PATH is a run folder (``.hydra/overrides.yaml``) or a sweep folder (``multirun.yaml``); other
+    arguments are returned unchanged.
+    """
+    given = [a for a in arguments if a.startswith("resume=")]
+    if not given:
+        return arguments
+    if len(arguments) != 1:
+        raise AudioInterpError(f"resume: takes no other arguments (it re-runs the saved ones), got {' '.join(arguments)}")
+    folder = Path(given[0].split("=", 1)[1])
+    quoted = "'" + str(folder).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if (folder / ".hydra" / "overrides.yaml").is_file():
+        saved = OmegaConf.load(folder / ".hydra" / "overrides.yaml")
+        return [*saved, f"hydra.run.dir={quoted}"]
+    if (folder / "multirun.yaml").is_file():
+        saved = OmegaConf.load(folder / "multirun.yaml").hydra.overrides
+        keep_hydra = [o for o in saved.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+        return ["-m", *saved.task, *keep_hydra, f"hydra.sweep.dir={quoted}"]
+    raise AudioInterpError(f"resume={folder}: expected a run folder (with .hydra/overrides.yaml) or a sweep "
+                           "folder (with multirun.yaml)")
+
+
+def main() -> None:
+    try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
+    except AudioInterpError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    _main()
 
 
 if __name__ == "__main__":

@@ -271,10 +271,14 @@ def cache_settings(config: dict[str, Any], dataset) -> dict[str, Any]:
 
 @dataclass
 class ModelSource:
-    """Where the run's weights came from: ``checkpoint``, ``cache`` or ``trained``."""
+    """Where the run's weights came from: ``checkpoint``, ``cache``, ``trained``, or ``run folder``
+    (trained by an earlier, interrupted attempt at this run); ``metadata`` is what the checkpoint
+    saved (settings, best_epoch, best_valid_accuracy, history), {} for a bare state dict;
+    ``train_result`` is set when trained in this process."""
 
     kind: str
     path: Path
+    metadata: dict[str, Any]
     train_result: TrainResult | None = None
 
 
@@ -294,54 +298,79 @@ def obtain_model(model: nn.Module, *, checkpoint: str | None, cache_dir: Path | 
     """
     run_checkpoint = Path(run_dir) / "model.pt"
     if checkpoint:
-        load_checkpoint(model, checkpoint, settings)
+        metadata = load_checkpoint(model, checkpoint, settings)
         log.info("loaded model.checkpoint=%s", checkpoint)
-        return ModelSource("checkpoint", Path(checkpoint))
+        return ModelSource("checkpoint", Path(checkpoint), metadata)
+    # a re-run into the folder of an interrupted run (with or without a cache) goes on with its model
+    resumed = _own_checkpoint(model, run_checkpoint, settings)
+    if resumed is not None:
+        return ModelSource("run folder", run_checkpoint, resumed)
 
-    def train_and_save() -> TrainResult:
+    def train_and_save() -> ModelSource:
         result = fit(model, *load_train_valid(), epochs=epochs, lr=lr, batch_size=batch_size, device=device,
                      seed=seed)
-        save_checkpoint(model, run_checkpoint, {"settings": settings, "best_epoch": result.best_epoch,
-                                                "best_valid_accuracy": result.best_valid_accuracy,
-                                                "history": result.history})
-        return result
+        metadata = {"settings": settings, "best_epoch": result.best_epoch,
+                    "best_valid_accuracy": result.best_valid_accuracy, "history": result.history}
+        save_checkpoint(model, run_checkpoint, metadata)
+        return ModelSource("trained", run_checkpoint, metadata, result)
 
     if not cache_dir:
-        return ModelSource("trained", run_checkpoint, train_and_save())
+        return train_and_save()
     cached = Path(cache_dir) / f"{cache_key(settings)}.pt"
     # Entries appear by an atomic rename, whole: one that is there and loads needs no lock.
-    if _reuse(model, cached, settings, run_checkpoint, discard=False):
-        return ModelSource("cache", cached)
+    metadata = _reuse(model, cached, settings, run_checkpoint, discard=False)
+    if metadata is not None:
+        return ModelSource("cache", cached, metadata)
     # The lock file is never deleted: a job may hold or be waiting on it, and a new file of the same
     # name would let a second trainer in beside the first.
     with _exclusive(cached.with_suffix(".lock")):
         # Looked at again: another job may have trained it while this one waited, or left a broken one.
-        if _reuse(model, cached, settings, run_checkpoint, discard=True):
-            return ModelSource("cache", cached)
+        metadata = _reuse(model, cached, settings, run_checkpoint, discard=True)
+        if metadata is not None:
+            return ModelSource("cache", cached, metadata)
         # Only a holder of this lock writes the entry's temporary files, so any there are a killed
         # trainer's.
         for stale in cached.parent.glob(f".{cached.stem}.*.tmp{cached.suffix}"):
             stale.unlink(missing_ok=True)
-        result = train_and_save()
+        source = train_and_save()
         _link_or_copy(run_checkpoint, cached)
-    return ModelSource("trained", run_checkpoint, result)
+    return source
 
 
-def _reuse(model: nn.Module, cached: Path, settings: dict[str, Any], run_checkpoint: Path, *, discard: bool) -> bool:
-    """Load the cache entry ``cached`` into ``model`` and link it as the run's checkpoint; False if there
-    is none or it cannot be used, and then, with ``discard`` (only under its lock), delete it."""
-    if not cached.is_file():
-        return False
+def _own_checkpoint(model: nn.Module, run_checkpoint: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The metadata of ``run_checkpoint`` after loading it into ``model``, if it was saved for exactly
+    ``settings``; None (model untouched) otherwise."""
+    if not run_checkpoint.is_file():
+        return None
+    initial = copy.deepcopy(model.state_dict())  # training another model must start from the same init
     try:
-        _load_into(model, cached, settings)
+        metadata = _load_into(model, run_checkpoint, settings)
+    except _Unusable:
+        return None  # not loaded; trained again, and overwritten
+    if cache_key(metadata.get("settings", {})) != cache_key(settings):
+        model.load_state_dict(initial)
+        return None
+    log.info("reusing this run folder's model %s (trained before the run was interrupted)", run_checkpoint)
+    return metadata
+
+
+def _reuse(model: nn.Module, cached: Path, settings: dict[str, Any], run_checkpoint: Path, *,
+           discard: bool) -> dict[str, Any] | None:
+    """Load the cache entry ``cached`` into ``model``, link it as the run's checkpoint and return its
+    metadata; None if there is none or it cannot be used, and then, with ``discard`` (only under its
+    lock), delete it."""
+    if not cached.is_file():
+        return None
+    try:
+        metadata = _load_into(model, cached, settings)
     except _Unusable as problem:
         if discard:
             log.warning("model cache entry %s %s: deleting it and training the model again", cached, problem)
             cached.unlink(missing_ok=True)
-        return False
+        return None
     log.info("reusing cached model %s (same data, feature, model and training settings)", cached)
     _link_or_copy(cached, run_checkpoint)
-    return True
+    return metadata
 
 
 @contextlib.contextmanager
