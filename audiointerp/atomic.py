@@ -10,7 +10,7 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 #: The temporary names :func:`atomic_path` uses: ``.<stem>.<random>.tmp<suffix>``.
 TEMPORARY_GLOB = ".*.tmp*"
@@ -44,9 +44,32 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        # name the file being written, not its temporary name (a failed write() names no file)
+        if error.filename in (None, str(tmp)):
+            raise type(error)(error.errno, error.strerror, str(target)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_torch(payload: Any, target: str | os.PathLike) -> None:
+    """``torch.save(payload)`` to ``target`` atomically, the same payload always giving the same bytes.
+
+    Serialised in memory first: given a path, torch names the archive inside after the (random)
+    temporary file, and writing the bytes ourselves makes a full disk an OSError naming ``target``
+    (torch's own writer reports it as an obscure RuntimeError).
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from audiointerp.atomic import TEMPORARY_GLOB, atomic_path, file_lock
+from audiointerp.atomic import TEMPORARY_GLOB, atomic_path, file_lock, save_torch
 from audiointerp.errors import AudioInterpError, expect_int
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class DiskStore(BatchStore):
     def save(self, index: int, batch: BatchResults) -> None:
         payload = {"attribution": batch.attribution, "probabilities": batch.probabilities, "metrics": batch.metrics,
                    "localization": batch.localization, "audio_seconds": batch.audio_seconds}
-        with atomic_path(self._path(index)) as tmp:
-            with open(tmp, "wb") as handle:  # a name would be recorded in the zip
-                torch.save(payload, handle)
+        save_torch(payload, self._path(index))
 
     def load(self, index: int) -> BatchResults:
         path = self._path(index)

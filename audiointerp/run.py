@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import sys
 import time
@@ -240,9 +241,32 @@ def resume_arguments(arguments: list[str]) -> list[str]:
                            "folder (with multirun.yaml)")
 
 
+def check_output_folder(arguments: list[str]) -> None:
+    """An AudioInterpError if the run's (or sweep's) folder cannot be created or written.
+
+    Checked before Hydra starts: Hydra creates the folder and writes ``.hydra/`` into it first, and
+    reports a failure there as a traceback.
+    """
+    key = "hydra.sweep.dir=" if {"-m", "--multirun"} & set(arguments) else "hydra.run.dir="
+    given = [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith(key)]
+    folder = Path(given[-1].split("$", 1)[0] if given else "outputs")  # up to any ${now:...}
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AudioInterpError(f"{key}{folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "permission denied"
+        raise AudioInterpError(f"cannot write {folder}: {reason}")
+
+
 def main() -> None:
+    # A log line that cannot be written (a full disk) must not print a traceback of its own: the
+    # error that caused it is reported as one line.
+    logging.raiseExceptions = False
     try:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
+        check_output_folder(sys.argv[1:])
     except AudioInterpError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

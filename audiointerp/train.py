@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from audiointerp import hashing
-from audiointerp.atomic import atomic_path, file_lock
+from audiointerp.atomic import atomic_path, file_lock, save_torch
 from audiointerp.errors import AudioInterpError
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,7 @@ def fit(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, valid_inpu
 
 def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     """Write ``{"state_dict", "metadata"}`` atomically; the same weights and metadata give the same bytes."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        # Into an open file, not a path: given a path, torch.save names the archive inside after the
-        # file, and the random temporary name would make every save of the same model differ.
-        torch.save({"state_dict": model.state_dict(), "metadata": metadata}, handle)
+    save_torch({"state_dict": model.state_dict(), "metadata": metadata}, path)
 
 
 #: What a ``model.checkpoint`` must share with the run that explains with it, as dotted prefixes of

@@ -294,3 +294,38 @@ def test_real_clips_with_room_noise_write_the_same_outputs(tmp_path, esc50_root,
     audio, audio_rate = sf.read(example / "original.wav")
     assert audio_rate == rate and audio.shape == (5 * rate,)
     assert (example / "topK_30.png").is_file() and (example / "topK_30_masked.wav").is_file()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """Mounts a tmpfs (needs root and mount rights, as on CI): ``make(size, read_only)`` -> its folder."""
+    mounts = []
+
+    def make(size: str, read_only: bool = False) -> Path:
+        folder = tmp_path / f"mount{len(mounts)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (not root, or no mount rights)")
+        mounts.append(folder)
+        return folder
+
+    yield make
+    for folder in mounts:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary(tiny_filesystem):
+    folder = tiny_filesystem("400k")  # room for .hydra/ and run.log, not for the 1.2 MB model.pt
+    result = run_cli("experiment=smoke", f"hydra.run.dir={folder / 'run'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == f"error: cannot write {folder / 'run' / 'model.pt'}: no space left on device"
+    assert "Traceback" not in result.stderr and "Logging error" not in result.stderr
+    assert sorted(p.name for p in (folder / "run").iterdir()) == [".hydra", "run.log"]
+
+
+def test_a_read_only_output_folder_is_refused_before_anything_runs(tiny_filesystem):
+    folder = tiny_filesystem("100k", read_only=True)
+    result = run_cli("experiment=smoke", f"hydra.run.dir={folder / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: cannot write {folder / 'run'}: read-only file system"]
