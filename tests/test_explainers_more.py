@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from audiointerp.explainers.base import content_seed
 from audiointerp.explainers.captum_methods import IntegratedGradients, Occlusion, SmoothGrad, silence_reference
 from audiointerp.explainers.lime import Lime
 from audiointerp.explainers.saliency import target_logit_gradient
@@ -283,10 +284,19 @@ def test_smoothgrad_noise_scales_with_each_input_range(model):
     target = torch.tensor([1, 1])
     n_samples, fraction = 5, 0.1
     torch.manual_seed(11)
-    attribution = SmoothGrad(noise_fraction=fraction, n_samples=n_samples).attribute(model, inputs, target)
+    global_state = torch.random.get_rng_state()
+    attribution = SmoothGrad(noise_fraction=fraction, n_samples=n_samples, seed=3).attribute(model, inputs, target)
+    # its own generator: the global one is left as it was, and its state does not matter
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    torch.manual_seed(12)
+    again = SmoothGrad(noise_fraction=fraction, n_samples=n_samples, seed=3).attribute(model, inputs, target)
+    assert torch.equal(attribution, again)
+    other_seed = SmoothGrad(noise_fraction=fraction, n_samples=n_samples, seed=4).attribute(model, inputs, target)
+    assert not torch.equal(attribution, other_seed)
 
-    # by hand, drawing the same noise as Captum's NoiseTunnel (one normal draw for the batch)
-    torch.manual_seed(11)
+    # by hand, drawing the same noise as Captum's NoiseTunnel (one normal draw for the batch) from
+    # the seed the explainer derives from its seed and the batch
+    torch.manual_seed(content_seed(3, inputs))
     expanded = inputs.repeat_interleave(n_samples, dim=0)
     unit_noise = torch.normal(0, torch.tensor(fraction).repeat(expanded.shape))
     value_range = (inputs.amax(dim=(1, 2, 3)) - inputs.amin(dim=(1, 2, 3))).repeat_interleave(n_samples)

@@ -201,6 +201,9 @@ def bad_files(tmp_path_factory) -> Path:
 #: Every bad value is refused before training: exit 2, one line naming the option or file.
 @pytest.mark.parametrize("override,expected", [
     ("data=esc50 data.root={tmp}/no_such_dataset", "error: data.root="),
+    ("data=esc10 data.root={tmp} data.valid_folds=[5]", "error: data.test_folds: fold(s) [5] are also in data.valid_folds"),
+    ("data=esc10 data.root={tmp} data.limit=0", "error: data.limit"),
+    ("data=esc50 data.root={tmp} data.clips_per_class={{holdout:2}}", "error: data.clips_per_class"),
     ("noise=white_gen noise.alpha=1.5", "error: noise.alpha"),
     ("noise=white noise.path={files}/no_such.wav", "error: noise.path="),
     ("noise=horse noise.path={files}/notes.txt", "error: {files}/notes.txt: cannot read audio"),
