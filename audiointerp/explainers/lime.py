@@ -1,32 +1,47 @@
-"""LIME (the ``lime`` package's image explainer) on the spectrogram as a gray image.
+"""LIME as the ``lime`` package's image explainer computes it, with the perturbations made on the model's device.
 
-Each clip's dB spectrogram is min-max normalised to [0, 1] and handed to
-``lime_image.LimeImageExplainer`` as an (F, T) image; the package makes it RGB, segments it with
-quickshift, switches segments off (each replaced by its mean, the package default) and fits a
-weighted ridge model on the target class's probability. Perturbed images come back to the
-classifier function, which undoes the normalisation so the model sees dB again.
+Each clip's dB spectrogram is min-max normalised to [0, 1], made RGB and segmented exactly as
+``lime_image.LimeImageExplainer.explain_instance`` does (quickshift, kernel_size=4, max_dist=200,
+ratio=0.2, its seed drawn from the sampler). The rest reproduces the package without its per-sample
+NumPy images: the same binary samples (one draw of ``num_samples * n_segments`` coin flips, the
+first row all ones), a switched-off segment replaced by its mean (the package's default), the
+target class's softmax probability, the cosine-distance kernel sqrt(exp(-d^2 / 0.25^2)) and
+``Ridge(alpha=1)`` weighted by it. Only the perturbed spectrograms are built differently: as one
+(B, 1, F, T) tensor per batch on the model's device, each bin taken from the clip or from its
+segment's mean, instead of a float64 RGB copy of the image per sample masked segment by segment.
+The model is given the same float32 values bit for bit, so the attributions are the package's up
+to the rounding of its ridge fit (tests/test_explainers_more.py compares the two).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from lime import lime_image
+from lime.wrappers.scikit_image import SegmentationAlgorithm
+from skimage.color import gray2rgb
+from sklearn.linear_model import Ridge
+from sklearn.metrics import pairwise_distances
+from sklearn.utils import check_random_state
 from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import Explainer, model_device
+
+# lime_image.LimeImageExplainer's defaults: kernel width of its exponential kernel, ridge penalty.
+KERNEL_WIDTH = 0.25
+RIDGE_ALPHA = 1.0
 
 
 class Lime(Explainer):
     """Per-clip LIME; the attribution is each segment's ridge weight painted over the segment.
 
     Args:
-        num_samples: perturbed images per clip (the package's ``num_samples``).
-        batch_size: perturbed images per classifier call, i.e. per model forward; the package's
-            default of 10 leaves a GPU mostly idle.
-        random_state: seed of the package's sampler (and, through it, of quickshift's ties);
-            each clip starts from it, so a clip's attribution does not depend on its batch.
+        num_samples: perturbed spectrograms per clip (the package's ``num_samples``).
+        batch_size: perturbed spectrograms per model forward; the package's default of 10 leaves a
+            GPU mostly idle.
+        random_state: seed of the sampler (and, through it, of quickshift's ties), as the package's
+            ``random_state``; each clip starts from it, so a clip's attribution does not depend on
+            its batch. ``None`` draws from NumPy's global generator, as the package does.
     """
 
     def __init__(self, num_samples: int = 1000, batch_size: int = 256, random_state: int | None = 0):
@@ -39,32 +54,53 @@ class Lime(Explainer):
         self.random_state = random_state
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+        """inputs (B, 1, F, T) dB, target (B,) -> (B, 1, F, T) segment weights for each clip's target."""
         device = model_device(model)
-        attributions = [self._explain_one(model, clip[0].detach().cpu().double().numpy(), int(label), device)
+        attributions = [self._explain_one(model, clip[0], int(label), device)
                         for clip, label in zip(inputs, target.tolist())]
-        return torch.from_numpy(np.stack(attributions)[:, None]).to(dtype=inputs.dtype, device=inputs.device)
+        return torch.stack(attributions)[:, None].to(dtype=inputs.dtype, device=inputs.device)
 
-    def _explain_one(self, model: nn.Module, log_db: np.ndarray, label: int, device: torch.device) -> np.ndarray:
-        """log_db (F, T) in dB -> (F, T) segment weights for class ``label``."""
+    def _explain_one(self, model: nn.Module, log_db: Tensor, label: int, device: torch.device) -> Tensor:
+        """log_db (F, T) in dB -> (F, T) float64 segment weights for class ``label``, on the CPU."""
+        log_db = log_db.detach().cpu().double().numpy()
         low, high = float(log_db.min()), float(log_db.max())
         # A flat clip has no range; any positive span makes the round trip exact (image = 0).
         span = high - low if high > low else 1.0
         image = (log_db - low) / span
 
-        def probabilities(images: np.ndarray) -> np.ndarray:
-            """images (N, F, T, 3) in [0, 1], gray -> softmax (N, C) of the model on the dB values."""
-            log_dbs = torch.from_numpy(images[..., 0] * span + low).to(device=device, dtype=torch.float32)
-            with torch.inference_mode():
-                return torch.softmax(model(log_dbs.unsqueeze(1)), dim=1).double().cpu().numpy()
+        # The package's order of draws from one generator: quickshift's seed, then the samples.
+        random_state = check_random_state(self.random_state)
+        segmentation = SegmentationAlgorithm("quickshift", kernel_size=4, max_dist=200, ratio=0.2,
+                                             random_seed=random_state.randint(0, high=1000))
+        # quickshift labels its segments 0..K-1, so segment k is the samples' column k.
+        segments = segmentation(gray2rgb(image))
+        n_segments = int(segments.max()) + 1
+        samples = random_state.randint(0, 2, self.num_samples * n_segments).reshape(self.num_samples, n_segments)
+        samples[0, :] = 1
 
-        explainer = lime_image.LimeImageExplainer(random_state=self.random_state)
-        explanation = explainer.explain_instance(
-            image, probabilities, labels=(label,), top_labels=None, num_features=np.iinfo(np.int32).max,
-            num_samples=self.num_samples, batch_size=self.batch_size)
-        segment_weight = np.zeros(int(explanation.segments.max()) + 1)
-        for segment, weight in explanation.local_exp[label]:
-            segment_weight[segment] = weight
-        return segment_weight[explanation.segments]
+        # The package's own reductions and arithmetic (a segment's mean by np.mean, then
+        # image * span + low in float64, cast to float32), so that the model sees bit-identical
+        # spectrograms; a bincount sum would differ in the last bits.
+        segment_mean = np.array([image[segments == k].mean() for k in range(n_segments)])
+        on = torch.from_numpy(image * span + low).to(device=device, dtype=torch.float32)
+        off = torch.from_numpy(segment_mean[segments] * span + low).to(device=device, dtype=torch.float32)
+        segment_of_bin = torch.from_numpy(segments).to(device)
+        kept = torch.from_numpy(samples.astype(bool)).to(device)
+
+        probabilities = []
+        with torch.inference_mode():
+            for start in range(0, self.num_samples, self.batch_size):
+                keep_bin = kept[start:start + self.batch_size][:, segment_of_bin]  # (B, F, T)
+                perturbed = torch.where(keep_bin, on, off).unsqueeze(1)
+                probabilities.append(torch.softmax(model(perturbed), dim=1)[:, label])
+        target_probability = torch.cat(probabilities).double().cpu().numpy()
+
+        distances = pairwise_distances(samples, samples[:1], metric="cosine").ravel()
+        kernel = np.sqrt(np.exp(-(distances ** 2) / KERNEL_WIDTH ** 2))
+        # With num_features above the segment count the package's "auto" feature selection keeps
+        # every segment (it only orders them), so the ridge model is fitted on all of them.
+        ridge = Ridge(alpha=RIDGE_ALPHA, fit_intercept=True).fit(samples, target_probability, sample_weight=kernel)
+        return torch.from_numpy(ridge.coef_[segments])
 
     def __repr__(self) -> str:
         return f"Lime(num_samples={self.num_samples}, batch_size={self.batch_size})"
