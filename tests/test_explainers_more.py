@@ -7,6 +7,8 @@ logits that barely depend on the input, against which sums and differences test 
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,12 @@ from scipy.stats import spearmanr
 
 import audiointerp.explainers.lime as lime_module
 from audiointerp.data.audio import load_audio
+from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import content_seed
 from audiointerp.explainers.captum_methods import IntegratedGradients, Occlusion, SmoothGrad, silence_reference
 from audiointerp.explainers.lime import Lime
 from audiointerp.explainers.saliency import target_logit_gradient
-from audiointerp.explainers.shap import DeepShap, GradientShap, class_balanced_background
+from audiointerp.explainers.shap import DeepShap, GradientShap, TargetLogit, class_balanced_background
 from audiointerp.features import LogMel
 from audiointerp.models import Cnn14
 
@@ -135,9 +138,10 @@ def test_background_is_class_balanced_and_seeded(training_split):
 
 
 def test_deep_shap_attributions_add_up_to_the_target_logit_difference(model, inputs, training_split):
-    explainer = DeepShap(per_class=2, seed=0, check_additivity=True)  # shap asserts it too
+    explainer = DeepShap(per_class=2, seed=0, check_additivity=True)  # it checks the sums too
     explainer.prepare(model, *training_split)
     parameter_names = [name for name, _ in model.named_parameters()]
+    attributes = [set(vars(m)) for m in model.modules()]
     logits = logits_of(model, inputs)
     background_mean = logits_of(model, explainer.background).mean(0)
     for target in (logits.argmax(1), torch.tensor([4, 0])):
@@ -145,9 +149,9 @@ def test_deep_shap_attributions_add_up_to_the_target_logit_difference(model, inp
         rise = logits.gather(1, target[:, None])[:, 0] - background_mean[target]
         assert rise.abs().min() > 0.03, "the test needs outputs that differ from the background's"
         torch.testing.assert_close(attribution.sum(dim=(1, 2, 3)), rise, rtol=1e-4, atol=1e-4)
-    # shap's hooks keep each ReLU's activations as nn.Parameters; none may stay in the model
+    # nothing stays on the model (shap's hooks left each ReLU's activations as nn.Parameters)
     assert [name for name, _ in model.named_parameters()] == parameter_names
-    assert not any(hasattr(m, "x") or hasattr(m, "_deeplift_io") for m in model.modules())
+    assert [set(vars(m)) for m in model.modules()] == attributes
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
 
 
@@ -160,32 +164,109 @@ def test_deep_shap_in_background_chunks_equals_one_call(model, inputs, training_
     chunked = DeepShap(per_class=2, seed=0, background_batch=3)
     chunked.prepare(model, *training_split)
     assert len(chunked.background) == 10
-    assert [share for _, _, share in chunked._chunks] == pytest.approx([0.3, 0.3, 0.3, 0.1])
     expected = whole.attribute(model, inputs, target)
     torch.testing.assert_close(chunked.attribute(model, inputs, target), expected, rtol=1e-4, atol=1e-6)
-    rise = logits_of(model, inputs)[[0, 1], target] - torch.from_numpy(chunked.background_logit_mean[target.numpy()])
+    rise = logits_of(model, inputs)[[0, 1], target] - logits_of(model, chunked.background).mean(0)[target]
     torch.testing.assert_close(expected.sum(dim=(1, 2, 3)), rise, rtol=1e-4, atol=1e-4)
     with pytest.raises(Exception, match="background_batch"):
         DeepShap(background_batch=0)
 
 
+def shap_deep_explainer(model, background, clip, target):
+    """The previous DeepShap, for comparison: shap's PyTorch DeepExplainer (one forward and backward
+    of the clip repeated len(background) times, then the background, hooks on every module) plus
+    DeepLIFT's max rule for nn.AdaptiveMaxPool1d, which shap lacks.
+
+    model in eval mode, background (M, 1, F, T), clip (1, F, T) -> attributions (1, F, T). Runs on
+    a copy of the model: shap's hooks leave activations on its modules.
+    """
+    from shap.explainers._deep.deep_pytorch import PyTorchDeep
+
+    def keep_io(module, inputs, output):
+        module.io = (inputs[0].detach(), output.detach())
+
+    def max_rule(module, grad_input, grad_output):
+        inputs, outputs = module.io  # (2M, C, L), (2M, C, L_out): [repeated clip; background]
+        half = len(inputs) // 2
+        _, argmax = torch.nn.functional.adaptive_max_pool1d(inputs, module.output_size, return_indices=True)
+        cross_max = torch.maximum(outputs[:half], outputs[half:])
+        shares = torch.cat([cross_max - outputs[half:], outputs[:half] - cross_max]) * grad_output[0]
+        routed = torch.zeros_like(inputs).scatter_add_(2, argmax, shares)
+        delta = inputs[:half] - inputs[half:]
+        multipliers = torch.where(delta.abs() < 1e-7, torch.zeros_like(delta), (routed[:half] + routed[half:]) / delta)
+        return (multipliers.repeat(2, 1, 1),)
+
+    class WithMaxRule(PyTorchDeep):
+        def add_handles(self, module, forward_handle, backward_handle):
+            if isinstance(module, torch.nn.AdaptiveMaxPool1d):
+                return [module.register_forward_hook(keep_io), module.register_full_backward_hook(max_rule)]
+            return super().add_handles(module, forward_handle, backward_handle)
+
+    target_logit = TargetLogit(copy.deepcopy(model))
+    target_logit.target = target
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "unrecognized nn.Module: MaskDropout", the identity in eval mode
+        values = WithMaxRule(target_logit, background).shap_values(clip[None], check_additivity=True)
+    return torch.from_numpy(np.asarray(values)).reshape(clip.shape).float()
+
+
+def test_deep_shap_equals_shap_deep_explainer_with_the_max_rule(model, training_split):
+    """One DeepLIFT pass per call (the background's forward shared by the call's clips, one
+    backward over the background per clip) gives shap's multipliers: the same attributions as the
+    previous, shap-based DeepShap, to float rounding, and both add up exactly. Chunked or not."""
+    clips, target = spectrograms(4, seed=3), torch.tensor([3, 1, 0, 4])
+    rise = logits_of(model, clips)[torch.arange(4), target]
+    for background_batch in (None, 3):
+        explainer = DeepShap(per_class=2, seed=0, background_batch=background_batch)
+        explainer.prepare(model, *training_split)
+        attribution = explainer.attribute(model, clips, target)
+        background_mean = logits_of(model, explainer.background).mean(0)[target]
+        expected = torch.stack([shap_deep_explainer(model, explainer.background, clip, int(label))
+                                for clip, label in zip(clips, target)])
+        torch.testing.assert_close(attribution, expected, rtol=1e-4, atol=1e-6)
+        assert (rise - background_mean).abs().min() > 0.03, "the test needs outputs that differ from the background's"
+        torch.testing.assert_close(attribution.sum(dim=(1, 2, 3)), rise - background_mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(expected.sum(dim=(1, 2, 3)), rise - background_mean, rtol=1e-5, atol=1e-5)
+    # the clips of a call share the background's graph: each is explained as if alone
+    alone = explainer.attribute(model, clips[2:3], target[2:3])
+    torch.testing.assert_close(attribution[2:3], alone, rtol=1e-5, atol=1e-7)
+
+
+def test_deep_shap_warns_of_modules_without_a_rule_and_checks_additivity(training_split):
+    """A tanh gets the plain gradient, which is not DeepLIFT's multiplier: a warning at prepare,
+    then an error naming the clip whose attributions do not add up."""
+    model = calibrated_tiny_cnn14(n_frames=100, seed=1)
+    model.fc1_relu = torch.nn.Tanh()
+    explainer = DeepShap(per_class=1, seed=0)
+    with pytest.warns(UserWarning, match="no DeepLIFT rule for Tanh"):
+        explainer.prepare(model, *training_split)
+    with pytest.raises(AudioInterpError, match="do not cover"):
+        explainer.attribute(model, spectrograms(2), torch.tensor([0, 1]))
+    unchecked = DeepShap(per_class=1, seed=0, check_additivity=False)
+    with pytest.warns(UserWarning):
+        unchecked.prepare(model, *training_split)
+    assert torch.isfinite(unchecked.attribute(model, spectrograms(2), torch.tensor([0, 1]))).all()
+
+
 def test_deep_shap_removes_its_hooks_when_explaining_fails(model, inputs, training_split):
     explainer = DeepShap(per_class=1, seed=0)
     explainer.prepare(model, *training_split)
+    attributes = [set(vars(m)) for m in model.modules()]
 
-    def run_out_of_memory(*_):
-        raise RuntimeError("CUDA out of memory (simulated)")
+    def run_out_of_memory(module, inputs, output):
+        if len(inputs[0]) == len(explainer.background):
+            raise RuntimeError("CUDA out of memory (simulated)")
 
-    # fails inside shap's loop, after its hooks went on, as an out-of-memory error would
+    # fails in the background's forward, with the rules' hooks on, as an out-of-memory error would
     failing = model.fc1.register_forward_hook(run_out_of_memory)
     with pytest.raises(RuntimeError, match="simulated"):
         explainer.attribute(model, inputs, torch.tensor([0, 0]))
     failing.remove()
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
-    assert not any(hasattr(m, "x") or hasattr(m, "_deeplift_io") for m in model.modules())
+    assert [set(vars(m)) for m in model.modules()] == attributes
     torch.testing.assert_close(explainer.attribute(model, inputs, torch.tensor([1, 2])).sum(dim=(1, 2, 3)),
                                logits_of(model, inputs)[:, [1, 2]].diagonal()
-                               - torch.from_numpy(explainer.background_logit_mean[[1, 2]]), rtol=1e-4, atol=1e-4)
+                               - logits_of(model, explainer.background).mean(0)[[1, 2]], rtol=1e-4, atol=1e-4)
 
 
 def test_deep_shap_needs_prepare_with_the_same_model(model, inputs):

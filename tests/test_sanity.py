@@ -113,8 +113,8 @@ def test_random_and_oracle_are_flagged_as_independent_and_the_gradient_methods_a
 
 
 def test_shap_rebuilds_its_expected_value_for_the_randomised_model(trained):
-    """DeepShap's additivity check compares with E[f(background)] of the model it explains: without
-    ``model_changed`` it would fail on the first randomised step."""
+    """DeepShap's additivity check compares with E[f(background)] of the model as it is at each call
+    (it keeps nothing computed from the weights): it holds at every randomised step."""
     model, feature, clips = trained
     explainer = DeepShap(per_class=1, background_batch=None)
     background = clips.subset(slice(0, 16))
