@@ -62,8 +62,8 @@ def main() -> None:
 
     print(f"RSS of `python -m audiointerp.run` over {n_clips} synthetic clips "
           f"(experiment=smoke: Cnn14 width 1/16; explainer={args.explainer}, batch_size={args.batch_size})")
-    print(f"| clips explained | RSS (MiB) | seconds since start |")
-    print(f"| --- | --- | --- |")
+    print("| clips explained | RSS (MiB) | seconds since start |")
+    print("| --- | --- | --- |")
     for mark, done, rss, seconds in rows:
         print(f"| {mark} ({done} done when read) | {rss:.0f} | {seconds:.0f} |")
     print(f"peak RSS over the whole run, writing the results included: {peak:.0f} MiB")

@@ -11,7 +11,6 @@ from audiointerp.explainers.oracle import Oracle
 from audiointerp.explainers.random import RandomAttribution
 from audiointerp.features import LogMel
 from audiointerp.localization import evidence_mask
-from audiointerp.models import Cnn14
 
 
 def test_random_is_seeded_independent_of_batching_and_leaves_the_global_rng_alone():
