@@ -6,11 +6,17 @@ A crash or Ctrl-C mid-write therefore never leaves a half-written CSV, WAV or ch
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+#: What flock raises where the file system has no locks: NFS without its lock service (ENOLCK),
+#: Lustre mounted without -o flock (ENOSYS), others (EOPNOTSUPP).
+NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 #: The temporary names :func:`atomic_path` uses: ``.<stem>.<random>.tmp<suffix>``.
 TEMPORARY_GLOB = ".*.tmp*"
@@ -79,6 +85,10 @@ def file_lock(path: str | os.PathLike, *, shared: bool = False, blocking: bool =
     The operating system releases it when the holder's process ends, however it ends (SIGKILL
     included), so a crashed holder never leaves the others waiting. ``shared`` locks coexist with
     each other but not with an exclusive one; ``blocking=False`` yields False instead of waiting.
+
+    Where the file system has no locks (NFS without its lock service, Lustre without ``-o flock``)
+    it warns and yields True: callers then run as if alone. Lock files are never deleted: a process
+    may hold or wait on the file, and a new file of the same name would let a second holder in.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +99,11 @@ def file_lock(path: str | os.PathLike, *, shared: bool = False, blocking: bool =
         except BlockingIOError:
             yield False
             return
+        except OSError as error:
+            if error.errno not in NO_LOCKS:
+                raise
+            logging.getLogger(__name__).warning("cannot lock %s (%s; a shared file system mounted without "
+                                                "locks?): going on without the lock", path, error.strerror)
         yield True
     finally:
         handle.close()  # releases the lock

@@ -72,10 +72,11 @@ class DiskStore(BatchStore):
     """Batches as files under ``<run_dir>/.partial``, belonging to the run named by ``key``.
 
     Partial results of another run (another config or model) in the folder are discarded with a
-    warning: they would not be this run's results.
+    warning when ``alone`` (no other live process works in the folder: they are a dead run's);
+    otherwise they are a live run's, and this one is refused.
     """
 
-    def __init__(self, run_dir: Path, key: str) -> None:
+    def __init__(self, run_dir: Path, key: str, alone: bool = True) -> None:
         super().__init__()
         self.folder = Path(run_dir) / PARTIAL_DIR
         self.key = key
@@ -85,9 +86,12 @@ class DiskStore(BatchStore):
                 found = json.loads(manifest.read_text())["key"]
             except (OSError, ValueError, KeyError, TypeError):
                 found = None
-            if found != key:
+            if found != key and alone:
                 log.warning("%s: partial results of another configuration or model; discarding them", self.folder)
                 shutil.rmtree(self.folder, ignore_errors=True)
+            elif found is not None and found != key:
+                raise AudioInterpError(f"{Path(run_dir)}: another run with a different configuration or model is "
+                                       "working in this folder; expected its shards to share both")
         if not manifest.is_file():
             with atomic_path(manifest) as tmp:
                 tmp.write_text(json.dumps({"key": key}) + "\n")
@@ -167,11 +171,15 @@ class Occupancy:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self._locks: list = []
+        #: No other live process worked in the folder when this one came: what a dead run left
+        #: (temporaries, partial results of another configuration) may be removed.
+        self.alone = False
 
     def __enter__(self) -> "Occupancy":
         lock_path = self.run_dir / OCCUPIED_LOCK
         exclusive = file_lock(lock_path, blocking=False)
-        if exclusive.__enter__():
+        self.alone = exclusive.__enter__()
+        if self.alone:
             remove_temporaries(self.run_dir)
         exclusive.__exit__(None, None, None)
         # a window between the two in which another process may clean: it finds nothing of ours yet
@@ -184,9 +192,3 @@ class Occupancy:
         for lock in self._locks:
             lock.__exit__(None, None, None)
         self._locks.clear()
-        # leave only results behind, unless other processes still work here
-        lock_path = self.run_dir / OCCUPIED_LOCK
-        with file_lock(lock_path, blocking=False) as alone:
-            if alone:
-                (self.run_dir / ASSEMBLY_LOCK).unlink(missing_ok=True)
-                lock_path.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,13 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AudioInterpError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise AudioInterpError(f"device={name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise AudioInterpError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def run(cfg: DictConfig) -> Path:
@@ -49,6 +56,10 @@ def run(cfg: DictConfig) -> Path:
     # Everything is checked before anything is trained, explained or written: a bad value costs seconds.
     for option, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("n_examples", 0), ("seed", 0)):
         expect_int(option, cfg[option], minimum)
+    expect_int("train.epochs", cfg.train.epochs, 1)
+    expect_int("train.batch_size", cfg.train.batch_size, 2)  # BatchNorm cannot train on one clip
+    if isinstance(cfg.train.lr, bool) or not isinstance(cfg.train.lr, (int, float)) or not cfg.train.lr > 0:
+        raise AudioInterpError(f"train.lr: expected a positive number, got {cfg.train.lr!r}")
     shard = resume.check_shard(cfg.shard.index, cfg.shard.count)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -74,16 +85,18 @@ def run(cfg: DictConfig) -> Path:
         raise AudioInterpError(f"model.checkpoint: no such file {to_absolute_path(cfg.model.checkpoint)}")
 
     fingerprint = resume.config_sha256(config)
-    if outputs.finished(run_dir, fingerprint):
-        print(f"already complete: {run_dir.resolve()} (same configuration; delete the folder to run it again)")
-        return run_dir
-    with resume.Occupancy(run_dir):
+    with resume.Occupancy(run_dir) as occupancy:
+        if outputs.finished(run_dir, fingerprint):
+            if occupancy.alone:  # a run killed between writing run.json and clearing its partial results
+                shutil.rmtree(run_dir / resume.PARTIAL_DIR, ignore_errors=True)
+            print(f"already complete: {run_dir.resolve()} (same configuration; delete the folder to run it again)")
+            return run_dir
         return _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset,
-                    contaminate, mask_names, explainer, model)
+                    contaminate, mask_names, explainer, model, occupancy.alone)
 
 
 def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset, contaminate,
-         mask_names, explainer, model) -> Path:
+         mask_names, explainer, model, alone) -> Path:
     def split_inputs(split: str):
         clips = dataset.load_split(split)
         return pipeline.log_spectrograms(feature, clips.waveforms, cfg.eval_batch_size, device,
@@ -97,7 +110,7 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
     source = train.obtain_model(
         model, checkpoint=cfg.model.checkpoint and to_absolute_path(cfg.model.checkpoint),
         cache_dir=Path(to_absolute_path(cfg.train.cache_dir)) if cfg.train.cache else None,
-        settings=train.cache_settings(OmegaConf.to_container(cfg, resolve=True), dataset),
+        settings=train.cache_settings(config, dataset),
         run_dir=run_dir, load_train_valid=load_train_valid,
         epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
 
@@ -105,7 +118,7 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
         explainer.prepare(model, *split_inputs("train"))
 
     clips = contaminate(dataset.load_split(cfg.split))
-    store = resume.DiskStore(run_dir, resume.run_key(config, train.fingerprint(model)))
+    store = resume.DiskStore(run_dir, resume.run_key(config, train.fingerprint(model)), alone=alone)
     n_batches = -(-len(clips) // cfg.batch_size)
     batches = resume.shard_batches(n_batches, *shard)
     resumed = sum(store.has(b) for b in batches)
@@ -214,7 +227,8 @@ def _main(cfg: DictConfig) -> None:
     except OSError as error:
         if error.errno not in _STORAGE_ERRORS:
             raise
-        _fail(f"cannot write {error.filename or 'the output folder'}: {error.strerror.lower()}")
+        what = "write" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "access"
+        _fail(f"cannot {what} {error.filename or 'the output folder'}: {(error.strerror or str(error)).lower()}")
 
 
 def resume_arguments(arguments: list[str]) -> list[str]:

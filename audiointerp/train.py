@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import hashlib
 import json
 import logging
@@ -373,24 +372,13 @@ def _reuse(model: nn.Module, cached: Path, settings: dict[str, Any], run_checkpo
 @contextlib.contextmanager
 def _exclusive(lock: Path):
     """Hold ``lock`` exclusively for the block, saying so when another job holds it first."""
+    # Without locks (file_lock warns) jobs may only train the same model twice, never read half of
+    # one: entries are written whole by a rename.
     with contextlib.ExitStack() as held:
-        try:
-            if not held.enter_context(file_lock(lock, blocking=False)):
-                log.info("waiting for another job training the same model (%s)", lock)
-                held.enter_context(file_lock(lock))
-        except OSError as error:
-            if error.errno not in _NO_LOCKS:
-                raise
-            # Entries are written whole by a rename, so without the lock jobs may only train the
-            # same model twice, never read half of one: worth a warning, not a failed sweep.
-            log.warning("cannot lock %s (%s; a shared file system mounted without locks?): jobs starting "
-                        "together may each train this model", lock, error.strerror)
+        if not held.enter_context(file_lock(lock, blocking=False)):
+            log.info("waiting for another job training the same model (%s)", lock)
+            held.enter_context(file_lock(lock))
         yield
-
-
-#: What flock raises where the file system has no locks: NFS without its lock service (ENOLCK),
-#: Lustre mounted without -o flock (ENOSYS), others (EOPNOTSUPP).
-_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

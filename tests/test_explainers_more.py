@@ -287,6 +287,20 @@ def test_gradient_shap_is_seeded_and_leaves_numpy_global_state(model, inputs, tr
     assert torch.isfinite(first).all()
 
 
+def test_gradient_shap_smoothing_noise_is_its_own_whatever_the_global_generator(model, inputs, training_split):
+    explainer = GradientShap(per_class=2, seed=3, n_samples=8, batch_size=8, local_smoothing=0.5)
+    explainer.prepare(model, *training_split)
+    torch.manual_seed(1)
+    global_state = torch.random.get_rng_state()
+    first = explainer.attribute(model, inputs, torch.tensor([1, 1]))
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    torch.manual_seed(2)  # training consumed another amount of the global generator
+    torch.testing.assert_close(explainer.attribute(model, inputs, torch.tensor([1, 1])), first, rtol=0, atol=0)
+    smoother = GradientShap(per_class=2, seed=3, n_samples=8, batch_size=8, local_smoothing=5.0)
+    smoother.prepare(model, *training_split)
+    assert not torch.equal(smoother.attribute(model, inputs, torch.tensor([1, 1])), first)  # the noise is used
+
+
 # --- LIME ---------------------------------------------------------------------------------
 
 def test_lime_is_reproducible_with_its_seed_and_paints_segments(model, inputs):

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from audiointerp.resume import OCCUPIED_LOCK, Occupancy, shard_batches
+import torch
+
+from audiointerp.errors import AudioInterpError
+from audiointerp.resume import OCCUPIED_LOCK, BatchResults, DiskStore, Occupancy, shard_batches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Not results: Hydra's own record of the launch (it names the folder), the log (timestamps) and
@@ -45,7 +48,7 @@ def kill_when(overrides: list[str], partial_dir_glob: str, root: Path, n_batches
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(random.Random(seed).uniform(0.0, 1.0))  # anywhere inside the next batch
+        time.sleep(random.Random(seed).uniform(0.0, 0.3))  # somewhere inside the next batch
         assert process.poll() is None, "the run ended before it could be killed"
     finally:
         process.send_signal(signal.SIGKILL)
@@ -97,7 +100,7 @@ def test_a_run_killed_while_explaining_resumes_to_the_same_bytes(tmp_path, cache
     result = run(*overrides)
     assert (folder / "provenance.json").read_text().count(f'"resumed_batches": {killed_at}') == 1, result.stdout
     assert_same_outputs(folder, uninterrupted)
-    leftovers = [p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".lock") or p.name == ".partial"]
+    leftovers = [p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name == ".partial"]
     assert not leftovers, leftovers
     for path in folder.rglob("*"):
         if path.is_file() and ".hydra" not in path.parts:
@@ -123,9 +126,13 @@ def test_resume_path_reruns_the_saved_command_and_a_finished_run_is_not_redone(t
     assert not (folder / "metrics" / ".bin.abc123.tmp.csv").exists()
 
     before = {name: path.stat().st_mtime_ns for name, path in outputs(folder).items()}
+    # what a run killed between writing run.json and clearing its partial results leaves
+    (folder / ".partial").mkdir()
+    (folder / ".partial" / "batch_000000.pt").write_bytes(b"stale")
     again = run(f"resume={folder}")
     assert "already complete" in again.stdout
-    assert {name: path.stat().st_mtime_ns for name, path in outputs(folder).items()} == before
+    assert {name: path.stat().st_mtime_ns for name, path in outputs(folder).items() if ".partial" not in name} == before
+    assert not (folder / ".partial").exists()
 
 
 def test_resume_rejects_a_folder_that_is_not_a_run(tmp_path):
@@ -177,18 +184,30 @@ def test_a_sweep_killed_mid_job_resumes_skipping_finished_jobs(tmp_path, cache):
     assert (killed / "report" / "index.html").read_bytes() == (tmp_path / "uninterrupted" / "report" / "index.html").read_bytes()
 
 
+def test_partial_results_of_another_run_are_discarded_only_when_no_one_works_there(tmp_path):
+    batch = BatchResults(attribution=torch.zeros(2, 1, 4, 5), probabilities=torch.full((2, 3), 1 / 3))
+    store = DiskStore(tmp_path, "config-a")
+    store.save(0, batch)
+    assert DiskStore(tmp_path, "config-a", alone=False).has(0)  # a shard of the same run: shared
+    with pytest.raises(AudioInterpError, match="another run with a different configuration or model is working"):
+        DiskStore(tmp_path, "config-b", alone=False)
+    assert store.has(0), "a live run's batches must survive"
+    assert not DiskStore(tmp_path, "config-b", alone=True).has(0)  # a dead run's: discarded
+
+
 def test_occupancy_cleans_only_a_dead_runs_temporaries(tmp_path):
     leftover = tmp_path / "metrics" / ".bin.x1.tmp.csv"
     leftover.parent.mkdir()
     leftover.write_text("partial")
-    with Occupancy(tmp_path):  # a live run in the folder...
+    with Occupancy(tmp_path) as first:  # a live run in the folder...
+        assert first.alone
         live = tmp_path / ".summary.x2.tmp.csv"
         live.write_text("being written")
         assert not leftover.exists()
-        with Occupancy(tmp_path):  # ...so a second process must leave its temporaries alone
+        with Occupancy(tmp_path) as second:  # ...so a second process must leave its temporaries alone
+            assert not second.alone
             assert live.exists()
     assert live.exists()
     with Occupancy(tmp_path):
         assert not live.exists()
-        assert (tmp_path / OCCUPIED_LOCK).exists()
-    assert not (tmp_path / OCCUPIED_LOCK).exists()  # the last one out removes it
+    assert (tmp_path / OCCUPIED_LOCK).exists()  # never removed: a process may be waiting on it

@@ -224,6 +224,10 @@ def bad_files(tmp_path_factory) -> Path:
     ("audio_metrics=3", "error: audio_metrics"),
     ("shard.count=2 shard.index=2", "error: shard.index: expected 0 to 1"),
     ("device=cuda:7", "error: device=cuda:7"),
+    ("device=gpu", "error: device=gpu: expected auto, cpu, cuda or cuda:N"),
+    ("train.epochs=0", "error: train.epochs: expected a positive integer, got 0"),
+    ("train.batch_size=1", "error: train.batch_size: expected an integer >= 2, got 1"),
+    ("train.lr=abc", "error: train.lr: expected a positive number, got 'abc'"),
 ])
 def test_bad_config_values_give_one_line_errors(tmp_path, bad_files, override, expected):
     run_dir = tmp_path / "run"

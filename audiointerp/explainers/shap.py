@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.explainers.base import Explainer, model_device
+from audiointerp.explainers.base import Explainer, content_seed, model_device
 from audiointerp.models.cnn14 import MaskDropout, SpecAugment
 
 #: Largest |sum of a clip's attributions - (f(x) - E[f(background)])| that passes the additivity
@@ -379,10 +379,14 @@ class GradientShap(_BackgroundShap):
 
     def _explain_clip(self, clip: Tensor) -> np.ndarray:
         """clip (1, 1, F, T) on the background's device -> shap values (1, 1, F, T)."""
-        # shap draws its samples from NumPy's global generator after seeding it; leave it as found
+        # shap draws its samples from NumPy's global generator after seeding it; leave it as found.
+        # Its local smoothing noise comes from torch's global generator, which training consumes:
+        # a private copy, seeded from the seed and the clip, makes it the same in every run.
         global_state = np.random.get_state()
         try:
-            return self._gradient.shap_values(clip, nsamples=self.n_samples, rseed=self.seed)
+            with torch.random.fork_rng(devices=[clip.device] if clip.device.type == "cuda" else []):
+                torch.manual_seed(content_seed(self.seed, clip))
+                return self._gradient.shap_values(clip, nsamples=self.n_samples, rseed=self.seed)
         finally:
             np.random.set_state(global_state)
 
