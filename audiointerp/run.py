@@ -235,7 +235,8 @@ def resume_arguments(arguments: list[str]) -> list[str]:
     """The command line of ``resume=PATH``: the overrides saved in PATH, into PATH again.
 
     PATH is a run folder (``.hydra/overrides.yaml``) or a sweep folder (``multirun.yaml``); other
-    arguments are returned unchanged.
+    arguments are returned unchanged. A run's shards all save their own ``shard.*`` overrides into
+    the folder they share, so those are dropped: the resumed run explains every batch still missing.
     """
     given = [a for a in arguments if a.startswith("resume=")]
     if not given:
@@ -246,7 +247,7 @@ def resume_arguments(arguments: list[str]) -> list[str]:
     quoted = "'" + str(folder).replace("\\", "\\\\").replace("'", "\\'") + "'"
     if (folder / ".hydra" / "overrides.yaml").is_file():
         saved = OmegaConf.load(folder / ".hydra" / "overrides.yaml")
-        return [*saved, f"hydra.run.dir={quoted}"]
+        return [*(o for o in saved if not o.lstrip("+~").startswith("shard.")), f"hydra.run.dir={quoted}"]
     if (folder / "multirun.yaml").is_file():
         saved = OmegaConf.load(folder / "multirun.yaml").hydra.overrides
         keep_hydra = [o for o in saved.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]

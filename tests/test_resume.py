@@ -135,6 +135,14 @@ def test_resume_path_reruns_the_saved_command_and_a_finished_run_is_not_redone(t
     assert not (folder / ".partial").exists()
 
 
+def test_resume_of_a_sharded_run_explains_every_missing_batch(tmp_path):
+    from audiointerp.run import resume_arguments
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- explainer=lime\n- shard.index=2\n- shard.count=3\n")
+    assert resume_arguments([f"resume={tmp_path}"]) == ["explainer=lime", f"hydra.run.dir='{tmp_path}'"]
+
+
 def test_resume_rejects_a_folder_that_is_not_a_run(tmp_path):
     result = subprocess.run(command(f"resume={tmp_path}"), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
