@@ -81,8 +81,8 @@ def run(cfg: DictConfig) -> Path:
     explainer.check(model)
     if cfg.model.pretrained not in (None, "panns"):
         raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
-    if cfg.model.checkpoint and not Path(to_absolute_path(cfg.model.checkpoint)).is_file():
-        raise AudioInterpError(f"model.checkpoint: no such file {to_absolute_path(cfg.model.checkpoint)}")
+    if cfg.model.checkpoint:  # read now, so that a file that is no fitting checkpoint costs nothing
+        train.load_checkpoint(model, to_absolute_path(cfg.model.checkpoint), train.cache_settings(config, dataset))
 
     fingerprint = resume.config_sha256(config)
     with resume.Occupancy(run_dir) as occupancy:
