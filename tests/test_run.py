@@ -328,7 +328,8 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary(tiny_fi
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == f"error: cannot write {folder / 'run' / 'model.pt'}: no space left on device"
     assert "Traceback" not in result.stderr and "Logging error" not in result.stderr
-    assert sorted(p.name for p in (folder / "run").iterdir()) == [".hydra", "run.log"]
+    # no temporary file, no half-written model; the run folder's (empty) lock file stays
+    assert sorted(p.name for p in (folder / "run").iterdir()) == [".hydra", ".run.lock", "run.log"]
 
 
 def test_a_read_only_output_folder_is_refused_before_anything_runs(tiny_filesystem):
