@@ -146,11 +146,11 @@ def write_attributions(run_dir: Path, clips: ClipSet, results: RunResults) -> Pa
     return path
 
 
-def finished(run_dir: Path, config_sha256: str) -> bool:
-    """Whether ``run_dir`` holds the complete results of the configuration hashed as ``config_sha256``
-    (run.json, written last, records it)."""
+def finished(run_dir: Path, run_sha256: str) -> bool:
+    """Whether ``run_dir`` holds the complete results of the run identified by ``run_sha256``
+    (``audiointerp.resume.run_sha256``; run.json, written last, records it)."""
     try:
-        return json.loads((Path(run_dir) / "run.json").read_text()).get("config_sha256") == config_sha256
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("run_sha256") == run_sha256
     except (OSError, ValueError, AttributeError):
         return False
 

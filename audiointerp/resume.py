@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,17 +122,72 @@ class DiskStore(BatchStore):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def config_sha256(config: dict[str, Any]) -> str:
-    """The resolved config's hash without ``shard``: how a finished run is recognised. Shards explain
-    whole batches, so how a run is sharded does not change its results."""
-    config = {k: v for k, v in config.items() if k != "shard"}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+#: Config keys naming an input file or folder: a run is identified by what they point at, by content
+#: (``inputs`` of :func:`run_sha256`), not by the path; a sweep job's folder name carries a hash of
+#: their values instead of the values (:func:`job_folder_name`).
+INPUT_PATH_KEYS: tuple[str, ...] = ("data.root", "model.checkpoint", "noise.path")
+#: Config keys that change nothing a run computes: where downloads and the model cache are kept,
+#: whether the cache is used, and how a run is sharded (shards explain whole batches).
+NO_RESULT_KEYS: tuple[str, ...] = ("shard", "data.download_dir", "train.cache_dir", "train.cache",
+                                   "model.pretrained_dir", "noise.cache_dir")
 
 
-def run_key(config: dict[str, Any], model_sha256: str) -> str:
-    """What makes two processes' batches interchangeable: the config (:func:`config_sha256`) and the
+def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``config`` without the dotted ``keys`` (``"train.cache_dir"``, ``"shard"``)."""
+    config = dict(config)
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            if not isinstance(node.get(parent), dict):
+                break
+            node[parent] = node = dict(node[parent])
+        else:
+            node.pop(leaf, None)
+    return config
+
+
+def run_sha256(config: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """What a run's results are a function of, hashed: how a finished run is recognised (``run.json``).
+
+    Args:
+        config: the resolved config; :data:`INPUT_PATH_KEYS` and :data:`NO_RESULT_KEYS` are left out.
+        inputs: the content of what the input paths point at (the dataset's clips, a checkpoint's
+            and a noise file's sha256), so a file changed in place makes the run new.
+    """
+    identity = {"config": without_keys(config, INPUT_PATH_KEYS + NO_RESULT_KEYS), "inputs": inputs}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_key(run_sha: str, model_sha256: str) -> str:
+    """What makes two processes' batches interchangeable: the run (:func:`run_sha256`) and the
     model's weights."""
-    return hashlib.sha256(f"{config_sha256(config)}:{model_sha256}".encode()).hexdigest()
+    return hashlib.sha256(f"{run_sha}:{model_sha256}".encode()).hexdigest()
+
+
+def job_folder_name(task_overrides) -> str:
+    """A sweep job's folder name (``hydra.sweep.subdir``): its overrides, sorted, as Hydra's
+    ``override_dirname`` writes them (``explainer=shap,noise=white``), without ``shard.index`` (a
+    run's shards share its folder), :data:`NO_RESULT_KEYS`, and :data:`INPUT_PATH_KEYS`, whose
+    values would make nested or absolute folder names; those given are kept as a hash
+    (``inputs=1a2b3c4d``), so jobs that differ only in an input path get folders of their own."""
+    named, paths = [], []
+    for override in task_overrides:
+        key = str(override).split("=", 1)[0].lstrip("+~")
+        if key == "shard" or key.startswith("shard.") or key in NO_RESULT_KEYS:
+            continue
+        (paths if key in INPUT_PATH_KEYS else named).append(str(override))
+    if paths:
+        named.append("inputs=" + hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:8])
+    return ",".join(sorted(named))
+
+
+def use_deterministic_cuda_kernels() -> None:
+    """Same config and seed, same bytes, on a GPU too: deterministic kernels where CUDA has them
+    (cuBLAS needs its workspace fixed before its first call); a warning names any op without one."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def check_shard(index, count) -> tuple[int, int]:

@@ -27,6 +27,10 @@ from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
 log = logging.getLogger("audiointerp")
 
+# A sweep job's folder (conf/config.yaml hydra.sweep.subdir); registered on import, so in every
+# process a launcher runs jobs in, which all import this module to call the task.
+OmegaConf.register_new_resolver("audiointerp.job_folder", resume.job_folder_name, replace=True)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -45,6 +49,8 @@ def resolve_device(name: str) -> torch.device:
         raise AudioInterpError(f"device={name}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise AudioInterpError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "cuda":
+        resume.use_deterministic_cuda_kernels()
     return device
 
 
@@ -53,7 +59,8 @@ def run(cfg: DictConfig) -> Path:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     choices = HydraConfig.get().runtime.choices  # which option of each config group
     config = OmegaConf.to_container(cfg, resolve=True)
-    # Everything is checked before anything is trained, explained or written: a bad value costs seconds.
+    # Everything is checked before anything is trained, explained or written: a bad value costs
+    # seconds. Options first, then what reads or fetches files (the data, the noise, a checkpoint).
     for option, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("n_examples", 0), ("seed", 0)):
         expect_int(option, cfg[option], minimum)
     expect_int("train.epochs", cfg.train.epochs, 1)
@@ -61,35 +68,42 @@ def run(cfg: DictConfig) -> Path:
     if isinstance(cfg.train.lr, bool) or not isinstance(cfg.train.lr, (int, float)) or not cfg.train.lr > 0:
         raise AudioInterpError(f"train.lr: expected a positive number, got {cfg.train.lr!r}")
     shard = resume.check_shard(cfg.shard.index, cfg.shard.count)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    feature = build(cfg.feature)
-    dataset = build(cfg.data)
-    contaminate = build(cfg.noise)
-    contaminate.check()
     if cfg.split not in SPLITS:
         raise AudioInterpError(f"split: expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
     mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties, cfg.mask.silence_level)
     sanity.check_options(cfg.sanity, cfg.sanity_clips)
     if not isinstance(cfg.audio_metrics, bool):
         raise AudioInterpError(f"audio_metrics: expected true or false, got {cfg.audio_metrics!r}")
+    if cfg.model.pretrained not in (None, "panns"):
+        raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    feature = build(cfg.feature)
     explainer = build(cfg.explainer)
+    contaminate = build(cfg.noise)
+    dataset = build(cfg.data)
+    if dataset.split_size(cfg.split) == 0:
+        raise AudioInterpError(f"split={cfg.split}: data={choices.get('data')} has no clips in it; expected at least one "
+                               "to explain")
+    contaminate.check()
     if explainer.needs_evidence and not getattr(dataset, "has_evidence", False):
         raise AudioInterpError(f"explainer={choices.get('explainer')}: needs clips with ground-truth evidence "
                                f"(data=synthetic); data={choices.get('data')} has none")
     model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
     explainer.check(model)
-    if cfg.model.pretrained not in (None, "panns"):
-        raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
     if cfg.model.checkpoint:  # read now, so that a file that is no fitting checkpoint costs nothing
         train.load_checkpoint(model, to_absolute_path(cfg.model.checkpoint), train.cache_settings(config, dataset))
 
-    fingerprint = resume.config_sha256(config)
+    # What the results are a function of: the config, and the content of the files it names by path.
+    fingerprint = resume.run_sha256(config, {
+        "data": dataset.identity(SPLITS), "noise": contaminate.identity(),
+        "checkpoint": train.fingerprint(model) if cfg.model.checkpoint else None})
     with resume.Occupancy(run_dir) as occupancy:
         if outputs.finished(run_dir, fingerprint):
             if occupancy.alone:  # a run killed between writing run.json and clearing its partial results
                 shutil.rmtree(run_dir / resume.PARTIAL_DIR, ignore_errors=True)
-            print(f"already complete: {run_dir.resolve()} (same configuration; delete the folder to run it again)")
+            print(f"already complete: {run_dir.resolve()} (same configuration and inputs; delete the folder to "
+                  "run it again)")
             return run_dir
         return _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset,
                     contaminate, mask_names, explainer, model, occupancy.alone)
@@ -118,7 +132,7 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
         explainer.prepare(model, *split_inputs("train"))
 
     clips = contaminate(dataset.load_split(cfg.split))
-    store = resume.DiskStore(run_dir, resume.run_key(config, train.fingerprint(model)), alone=alone)
+    store = resume.DiskStore(run_dir, resume.run_key(fingerprint, train.fingerprint(model)), alone=alone)
     n_batches = -(-len(clips) // cfg.batch_size)
     batches = resume.shard_batches(n_batches, *shard)
     resumed = sum(store.has(b) for b in batches)
@@ -177,7 +191,7 @@ def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature,
                   else round(source.train_result.seconds_per_epoch, 2)}
     outputs.write_json(run_dir / "provenance.json", provenance)
     report = {
-        "run": identity, "config_sha256": fingerprint,
+        "run": identity, "run_sha256": fingerprint,
         "split": cfg.split, "n_clips": len(clips), "class_names": list(clips.class_names), "clean_accuracy": clean_accuracy,
         "explained_accuracy": explained_accuracy, "device": str(device),
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from audiointerp import hashing
+from audiointerp import hashing, resume
 from audiointerp.atomic import atomic_path, file_lock, save_torch
 from audiointerp.errors import AudioInterpError
 
@@ -258,11 +258,10 @@ def cache_settings(config: dict[str, Any], dataset) -> dict[str, Any]:
             actually used (their files' bytes or generator settings), so the data's location, the
             missing-clip policy, the test split and the explaining options are not in the key.
     """
+    # Paths say where weights and clips come from or go to, not what they are.
+    config = resume.without_keys(config, resume.INPUT_PATH_KEYS + resume.NO_RESULT_KEYS)
     return {"code": code_version(), "data": dataset.training_identity(), "feature": config["feature"],
-            # Paths say where weights come from or go to, not what they are.
-            "model": {k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained_dir")},
-            "train": {k: v for k, v in config["train"].items() if k not in ("cache_dir", "cache")},
-            "seed": config["seed"]}
+            "model": config["model"], "train": config["train"], "seed": config["seed"]}
 
 
 @dataclass

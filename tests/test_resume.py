@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import random
 import signal
@@ -17,7 +18,8 @@ import pytest
 import torch
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.resume import OCCUPIED_LOCK, BatchResults, DiskStore, Occupancy, shard_batches
+from audiointerp.resume import (OCCUPIED_LOCK, BatchResults, DiskStore, Occupancy, job_folder_name, run_sha256,
+                                shard_batches)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Not results: Hydra's own record of the launch (it names the folder), the log (timestamps) and
@@ -133,6 +135,50 @@ def test_resume_path_reruns_the_saved_command_and_a_finished_run_is_not_redone(t
     assert "already complete" in again.stdout
     assert {name: path.stat().st_mtime_ns for name, path in outputs(folder).items() if ".partial" not in name} == before
     assert not (folder / ".partial").exists()
+
+
+def test_a_finished_run_is_redone_when_a_file_it_names_changed_in_place(tmp_path, uninterrupted):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes((uninterrupted / "model.pt").read_bytes())
+    folder = tmp_path / "run"
+    overrides = [*CHEAP, f"model.checkpoint={checkpoint}", f"hydra.run.dir={folder}"]
+    run(*overrides, f"train.cache_dir={tmp_path / 'cache'}")
+    first = json.loads((folder / "run.json").read_text())
+    # where the cache lives changes no result
+    assert "already complete" in run(*overrides, f"train.cache_dir={tmp_path / 'elsewhere'}").stdout
+    # retrained in place: other weights under the same path and the same settings
+    payload = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][name] = payload["state_dict"][name] + 0.5
+    torch.save(payload, checkpoint)
+    again = run(*overrides, f"train.cache_dir={tmp_path / 'cache'}")
+    assert "already complete" not in again.stdout
+    second = json.loads((folder / "run.json").read_text())
+    assert second["model_sha256"] != first["model_sha256"] and second["run_sha256"] != first["run_sha256"]
+
+
+def test_a_run_is_identified_by_its_results_settings_and_input_contents():
+    config = {"seed": 0, "explainer": {"name": "lime"}, "shard": {"index": 0, "count": 1},
+              "train": {"epochs": 2, "cache_dir": "a", "cache": True}, "data": {"root": "/x", "limit": None},
+              "model": {"width": 1, "checkpoint": None}, "noise": {"path": None, "cache_dir": "n"}}
+    inputs = {"data": {"clips_sha256": "1"}, "noise": None, "checkpoint": None}
+    same = run_sha256(config, inputs)
+    moved = {**config, "shard": {"index": 1, "count": 4}, "train": {**config["train"], "cache_dir": "b", "cache": False},
+             "data": {**config["data"], "root": "/y"}, "noise": {"path": None, "cache_dir": "m"}}
+    assert run_sha256(moved, inputs) == same
+    assert run_sha256({**config, "train": {**config["train"], "epochs": 3}}, inputs) != same
+    assert run_sha256(config, {**inputs, "data": {"clips_sha256": "2"}}) != same
+    assert run_sha256(config, {**inputs, "checkpoint": "abc"}) != same
+    assert config["train"]["cache_dir"] == "a", "the caller's config must not be changed"
+
+
+def test_a_sweep_jobs_folder_is_named_by_its_overrides_with_paths_hashed():
+    assert job_folder_name(["noise=white", "explainer=shap"]) == "explainer=shap,noise=white"  # as Hydra sorts them
+    assert job_folder_name(["explainer=shap", "shard.index=3", "shard.count=4", "train.cache_dir=/c"]) == "explainer=shap"
+    one = job_folder_name(["explainer=shap", "noise.path=/noises/a.wav"])
+    other = job_folder_name(["explainer=shap", "noise.path=/noises/b.wav"])
+    assert one.startswith("explainer=shap,inputs=") and other.startswith("explainer=shap,inputs=") and one != other
+    assert "/" not in one + other
 
 
 def test_resume_of_a_sharded_run_explains_every_missing_batch(tmp_path):

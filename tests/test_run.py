@@ -219,6 +219,7 @@ def bad_files(tmp_path_factory) -> Path:
     ("seed=abc", "error: seed: expected an integer >= 0, got 'abc'"),
     ("mask.silence_level=abc", "error: mask.silence_level"),
     ("split=holdout", "error: split: expected one of train, valid, test, got 'holdout'"),
+    ("~data.clips_per_class.test", "error: split=test: data=synthetic has no clips in it"),
     ("sanity=maybe", "error: sanity:"),
     ("sanity_clips=0", "error: sanity_clips"),
     ("audio_metrics=3", "error: audio_metrics"),

@@ -321,7 +321,8 @@ class ESC50:
             self.clip_files[split] = balanced_selection(self.clip_files[split], self.clips_per_class.get(split),
                                                         self.limit)
         self._check_lengths()
-        self._identity: dict | None = None
+        self._identity: dict[tuple[str, ...], dict] = {}
+        self._file_hashes: dict[Path, str] = {}
 
     def _report_missing(self, split: str, n_selected: int) -> None:
         missing = self.missing_clip_ids[split]
@@ -359,24 +360,37 @@ class ESC50:
 
     def training_identity(self) -> dict:
         """What determines the train and valid clips as the model sees them (part of the model cache
-        key): the clips actually used, by id, label and the sha256 of their file's bytes, and how
-        they are loaded. ``root``, ``missing`` and the test split are not in it."""
-        if self._identity is None:
+        key): :meth:`identity` of those splits. ``root``, ``missing`` and the test split are not in it."""
+        return self.identity(("train", "valid"))
+
+    def identity(self, splits: tuple[str, ...] = SPLITS) -> dict:
+        """What determines the clips of ``splits`` as the pipeline sees them: the clips actually used,
+        by id, label and the sha256 of their file's bytes, and how they are loaded; not ``root``."""
+        if splits not in self._identity:
             digest = hashlib.sha256()
-            for split in ("train", "valid"):
+            for split in splits:
                 for row, path in sorted(self.clip_files[split], key=lambda clip: clip[0].stem):
                     label = self.label_of_target[row.target]
-                    digest.update(f"{split}\0{row.stem}\0{label}\0{file_sha256(path)}\n".encode())
-            self._identity = {
+                    digest.update(f"{split}\0{row.stem}\0{label}\0{self._file_sha256(path)}\n".encode())
+            self._identity[splits] = {
                 "dataset": "esc50", "subset": self.subset,
                 "clips_sha256": digest.hexdigest(),
-                "n_clips": {split: len(self.clip_files[split]) for split in ("train", "valid")},
+                "n_clips": {split: len(self.clip_files[split]) for split in splits},
                 "n_classes": self.n_classes, "sample_rate": self.sample_rate, "duration_s": self.duration_s,
                 "peak_normalise": self.peak_normalise,
                 # Resampling and padding turn the files into what the model is trained on.
                 "loader_sha256": file_sha256(audio.__file__),
             }
-        return dict(self._identity)
+        return dict(self._identity[splits])
+
+    def _file_sha256(self, path: Path) -> str:
+        if path not in self._file_hashes:  # a run asks for the train split twice: cache key, run identity
+            self._file_hashes[path] = file_sha256(path)
+        return self._file_hashes[path]
+
+    def split_size(self, split: str) -> int:
+        """How many clips ``load_split(split)`` returns."""
+        return len(self.clip_files[split])
 
     def load_split(self, split: str) -> ClipSet:
         """The clips of ``split`` (``clip_files[split]``: present, after ``clips_per_class`` and

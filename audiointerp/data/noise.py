@@ -20,6 +20,7 @@ from audiointerp.data import ClipSet
 from audiointerp.data.audio import fit_length, load_audio, peak_normalise
 from audiointerp.data.download import fetch, verify_file
 from audiointerp.errors import AudioInterpError
+from audiointerp.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ class _NoiseMixer:
         """Fetch and read the noise now, so that a missing or unreadable file is reported before training."""
         self.noise(1)
 
+    def identity(self) -> str | None:
+        """The content of a noise the config names only by place (a file of one's own): its sha256."""
+        return None
+
     def __call__(self, clips: ClipSet) -> ClipSet:
         """Every clip mixed with the noise (see :func:`mix`); ids, labels and evidence unchanged."""
         if clips.sample_rate != self.sample_rate:
@@ -156,6 +161,9 @@ class FileNoise(_NoiseMixer):
         target = Path(to_absolute_path(str(self.cache_dir))) / filename
         return fetch(self.url, target, sha256=self.sha256, what=f"noise {self.name}")
 
+    def identity(self) -> str | None:
+        return None if self.path is None else file_sha256(self.noise_file())
+
     def noise(self, n_samples: int) -> Tensor:
         if self._waveform is None:
             path = self.noise_file()
@@ -190,6 +198,9 @@ class NoNoise:
 
     def check(self) -> None:
         """Nothing to read."""
+
+    def identity(self) -> None:
+        return None
 
     def __call__(self, clips: ClipSet) -> ClipSet:
         return clips

@@ -342,21 +342,30 @@ class SyntheticClips:
         return int(round(self.duration_s * self.sample_rate))
 
     def training_identity(self) -> dict:
-        """What determines the train and valid clips (part of the model cache key).
+        """What determines the train and valid clips (part of the model cache key): :meth:`identity`
+        of those splits.
 
         Each split draws from its own generators, seeded by (seed, split, clip index), so the test
-        count changes no train or valid clip and is left out. The generator's source is in: a
-        change to how clips are drawn changes them without any setting changing.
+        count changes no train or valid clip and is left out.
         """
+        return self.identity(("train", "valid"))
+
+    def identity(self, splits: tuple[str, ...] = SPLITS) -> dict:
+        """What determines the clips of ``splits``: the generator's settings and its source (a change
+        to how clips are drawn changes them without any setting changing)."""
         return {
             "dataset": "synthetic", "generator_sha256": file_sha256(__file__),
             "sample_rate": self.sample_rate, "duration_s": self.duration_s, "n_classes": self.n_classes,
-            "clips_per_class": {split: self.clips_per_class.get(split) for split in ("train", "valid")},
+            "clips_per_class": {split: self.clips_per_class.get(split) for split in splits},
             "seed": self.seed, "snr_db": list(self.snr_db_range), "background": self.background,
             "n_distractors": list(self.n_distractors_range),
             "distractor_level_db": list(self.distractor_level_db_range), "padded_share": self.padded_share,
             "padded_silence": list(self.padded_silence_range), "clean_share": self.clean_share,
         }
+
+    def split_size(self, split: str) -> int:
+        """How many clips ``load_split(split)`` returns (0 for a split without ``clips_per_class``)."""
+        return self.clips_per_class.get(split, 0) * self.n_classes
 
     def load_split(self, split: str) -> ClipSet:
         """All clips of ``split`` ("train", "valid" or "test"), generated afresh.
