@@ -109,8 +109,9 @@ def test_sweep_jobs_are_named_after_their_overrides(tmp_path):
                      f"train.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "run.json").is_file())
-    assert jobs == ["experiment=smoke,explainer=gradcam,n_examples=0,train.cache=True",
-                    "experiment=smoke,explainer=random,n_examples=0,train.cache=True"], jobs
+    # train.cache and train.cache_dir change no result: not in the names
+    assert jobs == ["experiment=smoke,explainer=gradcam,n_examples=0",
+                    "experiment=smoke,explainer=random,n_examples=0"], jobs
     for job in jobs:
         assert json.loads((sweep / job / "run.json").read_text())["run"]["explainer"] in job
 
