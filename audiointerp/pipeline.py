@@ -1,8 +1,8 @@
 """The one loop over clips that every run uses: explain, mask, evaluate, score.
 
-Per batch of clips: one forward for the target class, one attribution call, the masks, then a
-single batched forward over [original, every masked, every complement] spectrogram, and the
-metrics. The same loop serves one clip or four hundred, clean or noisy, any explainer; listenable
+Per batch of clips: one forward of the originals (the target class and the metrics' reference),
+one attribution call, the masks, then a single batched forward over [every masked, every
+complement] spectrogram, and the metrics. The same loop serves one clip or four hundred, clean or noisy, any explainer; listenable
 examples are an option of it, not a second copy of it.
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from audiointerp import models
 from audiointerp.data import ClipSet
 from audiointerp.explainers import Explainer
 from audiointerp.features import Spectrogram
@@ -114,7 +115,7 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
                       eval_batch_size: int, device: torch.device, ties: str = "keep", n_examples: int = 0,
                       on_example: Callable[[Example], None] | None = None,
                       audio_metrics: bool = False, store: BatchStore | None = None,
-                      batches: range | None = None) -> RunResults | None:
+                      batches: range | None = None, channels_last: bool = False) -> RunResults | None:
     """Explain every clip for its predicted class and score each mask.
 
     The attribution of a clip is computed once and reused for all masks. ``on_example`` receives
@@ -129,6 +130,9 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
     already has are not explained again. Only the ``batches`` given are explained (all by
     default; a shard's range otherwise). Returns the results of every clip once the store has
     every batch, else None (other shards' batches are still missing).
+
+    ``channels_last``: the forward-only passes that classify the clips and their masked copies run
+    with the model channels-last (:func:`audiointerp.models.channels_last`); the explainer's do not.
     """
     store = BatchStore() if store is None else store
     n_batches = -(-len(clips) // batch_size)
@@ -145,7 +149,7 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         batch = _explain_batch(model, explainer, feature, clips, start, min(start + batch_size, len(clips)),
                                mask_names=mask_names, silence_level=silence_level, ties=ties,
                                eval_batch_size=eval_batch_size, device=device, n_examples=n_examples,
-                               on_example=on_example, audio_metrics=audio_metrics)
+                               on_example=on_example, audio_metrics=audio_metrics, channels_last=channels_last)
         store.save(b, batch)
         progress.update(len(batch.probabilities))
     progress.close()
@@ -173,23 +177,26 @@ def _gather(batches: list[BatchResults], n_clips: int, audio_metrics: bool) -> R
 def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipSet, start: int, stop: int, *,
                    mask_names: list[str], silence_level: float | None, ties: str, eval_batch_size: int,
                    device: torch.device, n_examples: int, on_example: Callable[[Example], None] | None,
-                   audio_metrics: bool) -> BatchResults:
+                   audio_metrics: bool, channels_last: bool = False) -> BatchResults:
     """Clips ``[start, stop)``: explain, mask, evaluate, score; the examples among them go to ``on_example``."""
     waveforms = clips.waveforms[start:stop].to(device)
     spectrogram = feature(waveforms)
     log_db = spectrogram.log_db  # (B, 1, F, T)
-    with torch.no_grad():  # not inference_mode: explainers use target inside autograd graphs
-        target = model(log_db).argmax(dim=1)
+    # The one forward of the clips as they are: the explained class and the metrics' reference.
+    with models.channels_last(model, channels_last):
+        p = _probabilities(model, log_db, eval_batch_size)
+    target = p.argmax(dim=1).clone()  # a normal tensor: explainers use it inside autograd graphs
     evidence = None if clips.evidence is None else evidence_mask(
         clips.evidence[start:stop], feature, log_db.shape[-1])  # (B, 1, F, T) bool, CPU
     context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
-    attribution = explainer.attribute(model, log_db, target, **context).detach()
+    # float32 whatever precision the model's passes run in (bf16 under precision=bf16)
+    attribution = explainer.attribute(model, log_db, target, **context).detach().float()
     masks = make_masks(attribution, mask_names, ties=ties)
 
     pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
     variants = torch.cat([masked for masked, _ in pairs.values()] + [unmasked for _, unmasked in pairs.values()])
-    stacked_probabilities = _probabilities(model, torch.cat([log_db, variants]), eval_batch_size).view(
-        1 + 2 * len(masks), len(log_db), -1)
+    with models.channels_last(model, channels_last):
+        variant_probabilities = _probabilities(model, variants, eval_batch_size).view(2 * len(masks), len(log_db), -1)
     audio_seconds = 0.0
     if audio_metrics:
         began = time.perf_counter()
@@ -198,11 +205,10 @@ def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipS
                                     eval_batch_size if device.type == "cuda" else CPU_INVERSE_BATCH)
         audio_probabilities = _probabilities(model, heard, eval_batch_size).view(2 * len(masks), len(log_db), -1)
         audio_seconds = time.perf_counter() - began
-    p = stacked_probabilities[0]
     metric_columns: dict[str, dict[str, Tensor]] = {}
     for position, name in enumerate(masks):
-        p_masked = stacked_probabilities[1 + position]
-        p_unmasked = stacked_probabilities[1 + len(masks) + position]
+        p_masked = variant_probabilities[position]
+        p_unmasked = variant_probabilities[len(masks) + position]
         columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
                    "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
         if evidence is not None and name in BINARY_MASK_NAMES:
@@ -217,7 +223,7 @@ def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipS
         for offset in range(min(len(log_db), n_examples - start)):
             on_example(_example(feature, spectrogram, waveforms, offset, start + offset,
                                 clips.clip_ids[start + offset], masks, pairs))
-    return BatchResults(attribution=attribution.float().cpu(), probabilities=p.float().cpu(),
+    return BatchResults(attribution=attribution.cpu(), probabilities=p.cpu(),
                         metrics=metric_columns, localization=localization, audio_seconds=audio_seconds)
 
 

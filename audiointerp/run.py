@@ -22,7 +22,7 @@ from audiointerp import masks, metrics, outputs, pipeline, resume, sanity, train
 from audiointerp.atomic import file_lock
 from audiointerp.data import SPLITS
 from audiointerp.errors import AudioInterpError, build, expect_int
-from audiointerp.models import build_model
+from audiointerp.models import PRECISIONS, build_model, check_precision
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
 log = logging.getLogger("audiointerp")
@@ -72,8 +72,11 @@ def run(cfg: DictConfig) -> Path:
         raise AudioInterpError(f"split: expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
     mask_names = masks.validate(list(cfg.mask.names), cfg.mask.ties, cfg.mask.silence_level)
     sanity.check_options(cfg.sanity, cfg.sanity_clips)
-    if not isinstance(cfg.audio_metrics, bool):
-        raise AudioInterpError(f"audio_metrics: expected true or false, got {cfg.audio_metrics!r}")
+    for option in ("audio_metrics", "channels_last"):
+        if not isinstance(cfg[option], bool):
+            raise AudioInterpError(f"{option}: expected true or false, got {cfg[option]!r}")
+    check_precision("train.precision", cfg.train.precision)
+    check_precision("precision", cfg.precision)
     if cfg.model.pretrained not in (None, "panns"):
         raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
     seed_everything(cfg.seed)
@@ -121,6 +124,7 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
             load_panns_weights(model, fetch_panns_checkpoint(Path(to_absolute_path(cfg.model.pretrained_dir))))
         return (*split_inputs("train"), *split_inputs("valid"))
 
+    model.set_precision(PRECISIONS[cfg.train.precision])  # training is fp32 unless asked
     source = train.obtain_model(
         model, checkpoint=cfg.model.checkpoint and to_absolute_path(cfg.model.checkpoint),
         cache_dir=Path(to_absolute_path(cfg.train.cache_dir)) if cfg.train.cache else None,
@@ -128,6 +132,7 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
         run_dir=run_dir, load_train_valid=load_train_valid,
         epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
 
+    model.set_precision(PRECISIONS[cfg.precision])
     if explainer.needs_training_data:
         explainer.prepare(model, *split_inputs("train"))
 
@@ -142,7 +147,7 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
         model, explainer, feature, clips, mask_names=mask_names, silence_level=cfg.mask.silence_level,
         ties=cfg.mask.ties, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
         n_examples=cfg.n_examples, on_example=outputs.ExampleWriter(run_dir, feature, feature.sample_rate),
-        audio_metrics=cfg.audio_metrics, store=store, batches=batches)
+        audio_metrics=cfg.audio_metrics, store=store, batches=batches, channels_last=cfg.channels_last)
     if results is None:
         done = sum(store.has(b) for b in range(n_batches))
         print(f"shard {shard[0]} of {shard[1]}: batches {batches.start}-{batches.stop - 1} done; {done} of {n_batches} "
@@ -160,9 +165,13 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
 def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature, dataset, contaminate, clips, results,
                    explainer, model, source, resumed) -> None:
     """Every output file of a run whose clips are all explained; run.json last."""
-    clean = dataset.load_split(cfg.split)
-    clean_inputs = pipeline.log_spectrograms(feature, clean.waveforms, cfg.eval_batch_size, device)
-    clean_accuracy = train.accuracy(model, clean_inputs, clean.labels, cfg.eval_batch_size, device)
+    explained_accuracy = (results.predicted == clips.labels).float().mean().item()
+    if contaminate.name == "none":  # the explained clips are the clean ones, classified once already
+        clean_accuracy = explained_accuracy
+    else:
+        clean = dataset.load_split(cfg.split)
+        clean_inputs = pipeline.log_spectrograms(feature, clean.waveforms, cfg.eval_batch_size, device)
+        clean_accuracy = train.accuracy(model, clean_inputs, clean.labels, cfg.eval_batch_size, device)
     sanity_lines, sanity_summary = [], None
     if cfg.sanity:
         rows = sanity.check_clips(model, explainer, feature, clips, n_clips=cfg.sanity_clips, seed=cfg.seed,
@@ -181,7 +190,6 @@ def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature,
     warning = metrics.collapse_warning([m["predicted_masked"] for m in results.metrics.values()],
                                        [m["predicted_unmasked"] for m in results.metrics.values()], clips.class_names)
     outputs.write_attributions(run_dir, clips, results)
-    explained_accuracy = (results.predicted == clips.labels).float().mean().item()
     seconds = round(time.perf_counter() - started, 2)
     # How this process got its results; not part of them (run.json is the same however the model
     # was obtained, and whether the run was interrupted).
@@ -193,7 +201,7 @@ def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature,
     report = {
         "run": identity, "run_sha256": fingerprint,
         "split": cfg.split, "n_clips": len(clips), "class_names": list(clips.class_names), "clean_accuracy": clean_accuracy,
-        "explained_accuracy": explained_accuracy, "device": str(device),
+        "explained_accuracy": explained_accuracy, "device": str(device), "precision": cfg.precision,
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
                   for name, row in per_mask.items()},
         "collapse_warning": warning,

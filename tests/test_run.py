@@ -174,6 +174,24 @@ def test_smoke_run_writes_attributions_model_config_and_examples(smoke_run):
     assert not list(smoke_run.rglob("*.tmp*")), "temporary files left behind"
 
 
+def test_a_bf16_run_writes_the_same_files_and_columns_as_fp32(tmp_path, smoke_run):
+    run_dir = tmp_path / "bf16"
+    result = run_cli("experiment=smoke", "sanity=true", "sanity_clips=4", "audio_metrics=true", "precision=bf16",
+                     f"model.checkpoint={smoke_run / 'model.pt'}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    csvs = sorted(p.relative_to(smoke_run) for p in smoke_run.rglob("*.csv"))
+    assert csvs == sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.csv"))
+    for name in csvs:
+        assert list(read_csv(run_dir / name)[0]) == list(read_csv(smoke_run / name)[0]), name
+    assert json.loads((run_dir / "run.json").read_text())["precision"] == "bf16"
+    assert json.loads((smoke_run / "run.json").read_text())["precision"] == "fp32"
+    with np.load(smoke_run / "attributions.npz") as exact, np.load(run_dir / "attributions.npz") as fast:
+        assert fast["attributions"].dtype == np.float32
+        assert not np.array_equal(fast["attributions"], exact["attributions"]), "bf16 must have been used"
+        for got, want in zip(fast["attributions"], exact["attributions"]):
+            assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+
+
 def test_second_run_reuses_the_cached_model(tmp_path):
     cache = tmp_path / "cache"
     common = ["experiment=smoke", "train.cache=true", f"train.cache_dir={cache}", "n_examples=0",
@@ -224,12 +242,15 @@ def bad_files(tmp_path_factory) -> Path:
     ("sanity=maybe", "error: sanity:"),
     ("sanity_clips=0", "error: sanity_clips"),
     ("audio_metrics=3", "error: audio_metrics"),
+    ("channels_last=maybe", "error: channels_last: expected true or false, got 'maybe'"),
     ("shard.count=2 shard.index=2", "error: shard.index: expected 0 to 1"),
     ("device=cuda:7", "error: device=cuda:7"),
     ("device=gpu", "error: device=gpu: expected auto, cpu, cuda or cuda:N"),
     ("train.epochs=0", "error: train.epochs: expected a positive integer, got 0"),
     ("train.batch_size=1", "error: train.batch_size: expected an integer >= 2, got 1"),
     ("train.lr=abc", "error: train.lr: expected a positive number, got 'abc'"),
+    ("precision=fp16", "error: precision: expected one of fp32, bf16, got 'fp16'"),
+    ("train.precision=half", "error: train.precision: expected one of fp32, bf16, got 'half'"),
 ])
 def test_bad_config_values_give_one_line_errors(tmp_path, bad_files, override, expected):
     run_dir = tmp_path / "run"

@@ -154,6 +154,13 @@ class Cnn14(nn.Module):
         self.fc1_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(channels[-1], n_classes)
         self._init_weights()
+        #: What :meth:`forward` autocasts to (``audiointerp.models.PRECISIONS``); None = float32.
+        self.autocast_dtype: torch.dtype | None = None
+
+    def set_precision(self, autocast_dtype: torch.dtype | None) -> None:
+        """Run every later pass (forward, and the backward that mirrors it) under autocast to
+        ``autocast_dtype``, or in float32 for None; logits come back float32 either way."""
+        self.autocast_dtype = autocast_dtype
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -176,9 +183,17 @@ class Cnn14(nn.Module):
             (f"conv_block{i}", [getattr(self, f"conv_block{i}")]) for i in range(6, 0, -1)]
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, 1, F, T) log spectrogram in dB -> (B, n_classes) logits."""
+        """x: (B, 1, F, T) log spectrogram in dB -> (B, n_classes) float32 logits."""
         if x.shape[2] != self.n_bins:
             raise ValueError(f"Cnn14 was built for {self.n_bins} frequency bins, got input {tuple(x.shape)}")
+        if self.autocast_dtype is None:
+            return self._logits(x)
+        # Autocast here, around the model's own passes only: an explainer's arithmetic around them
+        # (LIME's ridge regression, SHAP's multipliers) and the metrics stay float32.
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return self._logits(x).float()
+
+    def _logits(self, x: Tensor) -> Tensor:
         x = self.mask_dropout(x)
         # bn0 normalises each frequency bin: move bins to the channel axis and back.
         x = self.bn0(x.transpose(1, 2)).transpose(1, 2)

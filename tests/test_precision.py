@@ -1,0 +1,67 @@
+"""``precision=bf16``: the model's passes under bf16 autocast (channels-last), everything around them float32;
+and the pipeline's one forward of each clip as it is."""
+
+from __future__ import annotations
+
+import torch
+
+from audiointerp import models, pipeline
+from audiointerp.explainers.random import RandomAttribution
+from audiointerp.explainers.saliency import Saliency
+
+CPU = torch.device("cpu")
+
+
+def test_bf16_passes_give_float32_logits_and_gradients_near_fp32_and_fp32_comes_back_exactly(trained):
+    model, feature, clips = trained
+    log_db = feature(clips.waveforms[:6]).log_db
+    with torch.no_grad():
+        exact = model(log_db)
+    model.set_precision(torch.bfloat16)
+    try:
+        with torch.no_grad():
+            fast = model(log_db)
+        gradient = Saliency().attribute(model, log_db, exact.argmax(1))
+    finally:
+        model.set_precision(None)
+    assert fast.dtype == torch.float32 and gradient.dtype == torch.float32
+    assert not torch.equal(fast, exact), "bf16 must have been used"
+    # bf16 keeps about three significant digits: the logits move by well under their spread
+    assert (fast - exact).abs().max() < 0.05 * (exact.max() - exact.min())
+    assert torch.equal(fast.argmax(1), exact.argmax(1))
+    exact_gradient = Saliency().attribute(model, log_db, exact.argmax(1))
+    for got, want in zip(gradient, exact_gradient):
+        assert torch.corrcoef(torch.stack([got.flatten(), want.flatten()]))[0, 1] > 0.9
+    with torch.no_grad():
+        assert torch.equal(model(log_db), exact), "fp32 after bf16 must give the same bits as before"
+
+
+def test_channels_last_passes_agree_with_the_default_layout_and_the_layout_comes_back(trained):
+    model, feature, clips = trained
+    log_db = feature(clips.waveforms[:6]).log_db
+    with torch.no_grad():
+        exact = model(log_db)
+        with models.channels_last(model):
+            assert model.conv_block2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+            fast = model(log_db)
+        with models.channels_last(model, enabled=False):
+            assert model.conv_block2.conv1.weight.is_contiguous()
+    assert torch.allclose(fast, exact, rtol=1e-4, atol=1e-4)
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_each_clip_is_classified_once_as_it_is_and_once_per_masked_and_complementary_input(trained):
+    model, feature, clips = trained
+    rows: list[int] = []
+    hook = model.register_forward_hook(lambda module, inputs, output: rows.append(len(inputs[0])))
+    try:
+        results = pipeline.explain_and_score(model, RandomAttribution(), feature, clips.subset(slice(0, 6)),
+                                             mask_names=["bin", "minmax", "topK_30"], silence_level=-100.0,
+                                             batch_size=4, eval_batch_size=64, device=CPU)
+    finally:
+        hook.remove()
+    # 6 originals, then 3 masked and 3 complementary copies of each: the random explainer runs no pass
+    assert sum(rows) == 6 + 2 * 3 * 6, rows
+    with torch.no_grad():
+        expected = torch.softmax(model(feature(clips.waveforms[:6]).log_db), dim=1)
+    assert torch.allclose(results.probabilities, expected, atol=1e-6)
