@@ -48,6 +48,9 @@ def test_channels_last_passes_agree_with_the_default_layout_and_the_layout_comes
             assert model.conv_block2.conv1.weight.is_contiguous()
     assert torch.allclose(fast, exact, rtol=1e-4, atol=1e-4)
     assert all(p.is_contiguous() for p in model.parameters())
+    with torch.inference_mode(), models.channels_last(model):  # as a scoring pass may enter it
+        model(log_db)
+    assert not any(p.is_inference() for p in model.parameters()), "a later backward pass must still work"
 
 
 def test_each_clip_is_classified_once_as_it_is_and_once_per_masked_and_complementary_input(trained):

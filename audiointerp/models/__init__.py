@@ -38,11 +38,15 @@ def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
     if not enabled:
         yield model
         return
-    model.to(memory_format=torch.channels_last)
+    # Weights converted inside an inference_mode block would become inference tensors, which no
+    # later backward pass (a gradient explainer) may use.
+    with torch.inference_mode(False):
+        model.to(memory_format=torch.channels_last)
     try:
         yield model
     finally:
-        model.to(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.contiguous_format)
 
 
 def check_precision(option: str, value) -> torch.dtype | None:
