@@ -134,7 +134,8 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
 
     model.set_precision(PRECISIONS[cfg.precision])
     if explainer.needs_training_data:
-        explainer.prepare(model, *split_inputs("train"))
+        valid = split_inputs("valid") if explainer.needs_validation_data else ()
+        explainer.prepare(model, *split_inputs("train"), *valid)
 
     clips = contaminate(dataset.load_split(cfg.split))
     store = resume.DiskStore(run_dir, resume.run_key(fingerprint, train.fingerprint(model)), alone=alone)

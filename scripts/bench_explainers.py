@@ -3,7 +3,8 @@
 For each model setting, explainer and ``--precisions`` (``precision`` of a run: fp32, or the
 model's passes under bf16 autocast; see ``audiointerp.models.PRECISIONS``) prints:
 - attribution: s/clip of ``explainer.attribute`` on batches of ``--batch-size`` clips (target =
-  the predicted class); SHAP's ``prepare`` is not timed.
+  the predicted class); SHAP's and L-MAC's ``prepare`` (the
+  background; training the decoder, one epoch on the background clips here) is not timed.
 - evaluation: s/clip of scoring one clip as the pipeline does: one forward of the clip (its class),
   the 14 masks of its attribution, then one forward of its 28 masked and complementary spectrograms.
 - bf16 against fp32, over the timed clips: Spearman rank correlation of the attributions (mean over
@@ -38,6 +39,7 @@ from audiointerp.explainers.base import Explainer  # noqa: E402
 from audiointerp.explainers.captum_methods import IntegratedGradients, Occlusion, SmoothGrad  # noqa: E402
 from audiointerp.explainers.gradcam import GradCam  # noqa: E402
 from audiointerp.explainers.lime import Lime  # noqa: E402
+from audiointerp.explainers.lmac import Lmac  # noqa: E402
 from audiointerp.explainers.saliency import Saliency  # noqa: E402
 from audiointerp.explainers.shap import DeepShap, GradientShap  # noqa: E402
 from audiointerp.masks import MASK_NAMES, apply_mask, make_masks  # noqa: E402
@@ -45,7 +47,7 @@ from audiointerp.metrics import score  # noqa: E402
 from audiointerp.models import PRECISIONS, Cnn14, channels_last  # noqa: E402
 
 EXPLAINER_NAMES = ("saliency", "gradcam", "lime", "shap", "shap_gradient", "integrated_gradients", "smoothgrad",
-                   "occlusion")
+                   "occlusion", "lmac")
 SILENCE_DB = -100.0
 SAMPLE_RATE = 32000
 CLIP_SECONDS = 5.0
@@ -66,6 +68,8 @@ def build_explainers(args: argparse.Namespace) -> dict[str, Callable[[], Explain
         "smoothgrad": lambda: SmoothGrad(n_samples=16, samples_per_batch=max(1, args.forward_batch // args.batch_size)),
         "occlusion": lambda: Occlusion(silence_level=SILENCE_DB,
                                        perturbations_per_eval=max(1, args.forward_batch // args.batch_size)),
+        # one epoch on the background clips: explaining costs the same whatever the decoder learnt
+        "lmac": lambda: Lmac(epochs=1, batch_size=2, cache=False, silence_level=SILENCE_DB),
     }
 
 
@@ -223,7 +227,8 @@ def main() -> None:
                 model.set_precision(PRECISIONS[precision])
                 explainer = factories[name]()
                 if explainer.needs_training_data:
-                    explainer.prepare(model, train_inputs.to(device), train_labels)
+                    valid = (train_inputs.to(device), train_labels) if explainer.needs_validation_data else ()
+                    explainer.prepare(model, train_inputs.to(device), train_labels, *valid)
                 timed = clips[args.batch_size:].to(device)
                 attribution, maps[precision] = attribution_seconds(
                     model, explainer, clips[:args.batch_size].to(device), timed,

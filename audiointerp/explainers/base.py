@@ -27,12 +27,15 @@ class Explainer:
     """``attribute(model, inputs, target) -> attribution`` shaped like ``inputs``, like Captum's.
 
     Subclasses that need data beyond the clip (a SHAP background, say) set
-    ``needs_training_data`` and override :meth:`prepare`, called once per run before the first clip.
+    ``needs_training_data`` and override :meth:`prepare`, called once per run before the first clip;
+    those that also choose among what they learn (``lmac``'s best epoch) set ``needs_validation_data``
+    and get the validation split's inputs and labels after the training split's.
     Reference explainers that read the ground truth (``oracle``) set ``needs_evidence``; they are
     then called with ``evidence=`` the (B, 1, F, T) bool region of each clip's class event.
     """
 
     needs_training_data: bool = False
+    needs_validation_data: bool = False
     needs_evidence: bool = False
 
     def check(self, model: nn.Module) -> None:

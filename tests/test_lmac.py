@@ -1,0 +1,84 @@
+"""L-MAC: the decoder's masks, its training, its cache and its determinism, on a real tiny Cnn14."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from audiointerp.errors import AudioInterpError
+from audiointerp.explainers.lmac import Lmac, MaskDecoder
+from audiointerp.models import Cnn14
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def splits(trained):
+    """(train inputs, labels, valid inputs, labels): a few test-split clips stand in for both."""
+    model, feature, clips = trained
+    log_db = feature(clips.waveforms).log_db
+    return log_db[:24], clips.labels[:24], log_db[24:], clips.labels[24:]
+
+
+@pytest.mark.parametrize("n_bins,n_frames", [(64, 501), (257, 313)])
+def test_the_decoder_gives_a_mask_in_0_1_on_the_inputs_grid(n_bins, n_frames):
+    torch.manual_seed(0)
+    model = Cnn14(n_bins=n_bins, n_classes=5, width=1 / 16).eval()
+    explainer = Lmac(blocks=[3, 4, 5, 6])
+    inputs = torch.randn(3, 1, n_bins, n_frames) * 20 - 50
+    with torch.no_grad():
+        _, activations = explainer._listen(model, inputs)
+    decoder = MaskDecoder([a.shape[1] for a in activations], hidden=8)
+    mask = decoder(activations, inputs.shape[-2:])
+    assert mask.shape == inputs.shape
+    assert float(mask.min()) > 0 and float(mask.max()) < 1
+
+
+def test_training_lowers_the_loss(trained, splits):
+    model, _, _ = trained
+    train_inputs, train_labels, valid_inputs, valid_labels = splits
+    explainer = Lmac(epochs=3, lr=1e-3, batch_size=8, cache=False, seed=0)
+    explainer.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
+    history = explainer.training["history"]
+    assert len(history) == 3 and explainer.training["best_epoch"] in (1, 2, 3)
+    assert history[-1]["loss"] < history[0]["loss"], history
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()), \
+        "the classifier must stay frozen"
+    assert all(p.requires_grad for p in model.parameters()), "the classifier's parameters must be restored"
+
+
+def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(trained, splits, tmp_path):
+    model, _, _ = trained
+    train_inputs, train_labels, valid_inputs, valid_labels = splits
+    first = Lmac(epochs=1, lr=1e-3, batch_size=8, cache=True, cache_dir=str(tmp_path), seed=3)
+    first.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
+    assert len(list(tmp_path.glob("lmac_*.pt"))) == 1
+    target = torch.zeros(4, dtype=torch.long)
+    masks = first.attribute(model, valid_inputs[:4], target)
+    assert masks.shape == valid_inputs[:4].shape and masks.dtype == torch.float32
+
+    again = Lmac(epochs=1, lr=1e-3, batch_size=8, cache=False, seed=3)  # trained afresh, same seed
+    again.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
+    assert torch.equal(again.attribute(model, valid_inputs[:4], target), masks)
+
+    cached = Lmac(epochs=1, lr=1e-3, batch_size=8, cache=True, cache_dir=str(tmp_path), seed=3)
+
+    def no_training(*args):
+        raise AssertionError("the cached decoder must be reused, not trained again")
+
+    cached._fit = no_training
+    cached.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
+    assert torch.equal(cached.attribute(model, valid_inputs[:4], target), masks)
+    assert cached.training == first.training
+
+    other_seed = Lmac(epochs=1, lr=1e-3, batch_size=8, cache=True, cache_dir=str(tmp_path), seed=4)
+    other_seed.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
+    assert len(list(tmp_path.glob("lmac_*.pt"))) == 2, "another seed is another decoder"
+    assert not torch.equal(other_seed.attribute(model, valid_inputs[:4], target), masks)
+
+
+@pytest.mark.parametrize("option,value", [("blocks", [0, 3]), ("blocks", [5, 3]), ("epochs", 0), ("lr", -1.0),
+                                          ("area", 1.5), ("batch_size", 1)])
+def test_bad_settings_name_the_option(option, value):
+    with pytest.raises(AudioInterpError, match=f"explainer.{option}"):
+        Lmac(**{option: value})
