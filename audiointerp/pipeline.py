@@ -2,8 +2,8 @@
 
 Per batch of clips: one forward of the originals (the target class and the metrics' reference),
 one attribution call, the masks, then a single batched forward over [every masked, every
-complement] spectrogram, and the metrics. The same loop serves one clip or four hundred, clean or noisy, any explainer; listenable
-examples are an option of it, not a second copy of it.
+complement] spectrogram, and the metrics. The same loop serves one clip or four hundred, clean or
+noisy, any explainer; listenable examples are an option of it, not a second copy of it.
 """
 
 from __future__ import annotations

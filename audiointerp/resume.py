@@ -126,10 +126,12 @@ class DiskStore(BatchStore):
 #: (``inputs`` of :func:`run_sha256`), not by the path; a sweep job's folder name carries a hash of
 #: their values instead of the values (:func:`job_folder_name`).
 INPUT_PATH_KEYS: tuple[str, ...] = ("data.root", "model.checkpoint", "noise.path")
-#: Config keys that change nothing a run computes: where downloads and the model cache are kept,
-#: whether the cache is used, and how a run is sharded (shards explain whole batches).
+#: Config keys that change nothing a run computes: where downloads and the model (and L-MAC
+#: decoder) cache are kept, whether the cache is used, and how a run is sharded (shards explain
+#: whole batches).
 NO_RESULT_KEYS: tuple[str, ...] = ("shard", "data.download_dir", "train.cache_dir", "train.cache",
-                                   "model.pretrained_dir", "noise.cache_dir")
+                                   "model.pretrained_dir", "noise.cache_dir", "explainer.cache_dir",
+                                   "explainer.cache")
 
 
 def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

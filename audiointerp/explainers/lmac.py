@@ -194,7 +194,9 @@ class Lmac(Explainer):
             save_torch({"state_dict": self.decoder.state_dict(), "training": json.dumps(self.training)}, entry)
 
     def _cache_key(self, model: nn.Module, *tensors: Tensor | None) -> str:
-        digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode())
+        # the classifier's passes while training: a decoder trained under bf16 is another decoder
+        precision = str(getattr(model, "autocast_dtype", None))
+        digest = hashlib.sha256(json.dumps({**self.settings(), "precision": precision}, sort_keys=True).encode())
         for name, value in model.state_dict().items():
             digest.update(name.encode() + value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         for tensor in tensors:
