@@ -38,7 +38,7 @@ from audiointerp import hashing
 from audiointerp.atomic import file_lock, save_torch
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import Explainer, model_device
-from audiointerp.masks import apply_mask, make_masks
+from audiointerp.masks import SILENCE_DB, apply_mask, make_masks
 from audiointerp.metrics import score
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Lmac(Explainer):
 
     def __init__(self, blocks: Sequence[int] = (3, 4, 5, 6), hidden: int = 32, epochs: int = 10, lr: float = 1e-3,
                  batch_size: int = 16, weight_in: float = 4.0, weight_out: float = 0.2, weight_area: float = 0.4,
-                 area: float | None = None, silence_level: float | None = -100.0, seed: int = 0, cache: bool = True,
+                 area: float | None = None, silence_level: float | None = SILENCE_DB, seed: int = 0, cache: bool = True,
                  cache_dir: str = "data/model_cache") -> None:
         blocks = list(blocks)
         if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 6 for b in blocks) \
