@@ -3,11 +3,14 @@ and the pipeline's one forward of each clip as it is."""
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.stats
 import torch
 
 from audiointerp import models, pipeline
 from audiointerp.explainers.random import RandomAttribution
 from audiointerp.explainers.saliency import Saliency
+from audiointerp.models import cnn14
 
 CPU = torch.device("cpu")
 
@@ -30,10 +33,38 @@ def test_bf16_passes_give_float32_logits_and_gradients_near_fp32_and_fp32_comes_
     assert (fast - exact).abs().max() < 0.05 * (exact.max() - exact.min())
     assert torch.equal(fast.argmax(1), exact.argmax(1))
     exact_gradient = Saliency().attribute(model, log_db, exact.argmax(1))
-    for got, want in zip(gradient, exact_gradient):
-        assert torch.corrcoef(torch.stack([got.flatten(), want.flatten()]))[0, 1] > 0.9
+    # the input-side blocks of a gradient pass stay float32 (cnn14.GRADIENT_FLOAT32_BLOCKS): every
+    # block in bf16 ranks the bins of these clips' gradients at 0.94 to fp32's
+    rho = [scipy.stats.spearmanr(got.flatten().numpy(), want.flatten().numpy())[0]
+           for got, want in zip(gradient, exact_gradient)]
+    assert np.mean(rho) >= 0.98 and min(rho) > 0.95, rho
     with torch.no_grad():
         assert torch.equal(model(log_db), exact), "fp32 after bf16 must give the same bits as before"
+
+
+def test_under_bf16_a_pass_differentiated_by_its_input_keeps_the_input_side_blocks_float32(trained):
+    model, feature, clips = trained
+    log_db = feature(clips.waveforms[:2]).log_db
+    dtypes: dict[str, torch.dtype] = {}
+    hooks = [getattr(model, f"conv_block{b}").register_forward_hook(
+        lambda module, inputs, output, b=b: dtypes.__setitem__(f"block{b}", output.dtype)) for b in range(1, 7)]
+    model.set_precision(torch.bfloat16)
+    try:
+        with torch.no_grad():
+            model(log_db)
+        forward_only = dict(dtypes)
+        model(log_db.clone().requires_grad_(True))
+        gradient_pass = dict(dtypes)
+        model(log_db)  # grad enabled, but nothing asks for the input's gradient (training passes)
+        parameters_only = dict(dtypes)
+    finally:
+        model.set_precision(None)
+        for hook in hooks:
+            hook.remove()
+    exact = cnn14.GRADIENT_FLOAT32_BLOCKS
+    assert set(forward_only.values()) == {torch.bfloat16}, forward_only
+    assert set(parameters_only.values()) == {torch.bfloat16}, parameters_only
+    assert [gradient_pass[f"block{b}"] for b in range(1, 7)] == [torch.float32] * exact + [torch.bfloat16] * (6 - exact)
 
 
 def test_channels_last_passes_agree_with_the_default_layout_and_the_layout_comes_back(trained):
