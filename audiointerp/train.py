@@ -15,9 +15,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -114,8 +115,9 @@ CHECKPOINT_MUST_MATCH = ("feature", "data.dataset", "data._target_", "data.subse
                          "data.duration_s", "model._target_", "model.width")
 
 
-class _Unusable(Exception):
-    """Why a file cannot fill the model; the message reads after the file's name."""
+class Unusable(Exception):
+    """Why a file cannot fill the model (or a cache entry be reused); the message reads after the
+    file's name."""
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -131,12 +133,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, settings: dict[str, Any]
         raise AudioInterpError(f"model.checkpoint: no such file {path}")
     try:
         return _load_into(model, path, settings)
-    except _Unusable as problem:
+    except Unusable as problem:
         raise AudioInterpError(f"model.checkpoint: {path} {problem}") from None
 
 
 def _load_into(model: nn.Module, path: Path, settings: dict[str, Any] | None) -> dict[str, Any]:
-    """:func:`load_checkpoint` without the option's name: raises _Unusable, for a cache entry too."""
+    """:func:`load_checkpoint` without the option's name: raises Unusable, for a cache entry too."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on a foreign pickle; the error below says it
@@ -144,9 +146,9 @@ def _load_into(model: nn.Module, path: Path, settings: dict[str, Any] | None) ->
             # containers, so a foreign or malicious pickle constructs nothing and runs no code.
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as error:
-        raise _Unusable(f"cannot be read ({error.strerror or error})") from None
+        raise Unusable(f"cannot be read ({error.strerror or error})") from None
     except Exception as error:  # a file torch did not write fails as zip, pickle, EOF, key errors...
-        raise _Unusable(f"is not a checkpoint: torch.load(weights_only=True) cannot read it "
+        raise Unusable(f"is not a checkpoint: torch.load(weights_only=True) cannot read it "
                         f"({type(error).__name__})") from None
     if isinstance(payload, dict) and "state_dict" in payload:
         state, metadata = payload["state_dict"], payload.get("metadata")
@@ -154,17 +156,17 @@ def _load_into(model: nn.Module, path: Path, settings: dict[str, Any] | None) ->
         state, metadata = payload, None
     if not (isinstance(state, dict) and state
             and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())):
-        raise _Unusable("is not a checkpoint: it holds no state dict of named tensors")
+        raise Unusable("is not a checkpoint: it holds no state dict of named tensors")
     metadata = metadata if isinstance(metadata, dict) else {}
     if settings is not None and isinstance(metadata.get("settings"), dict):
         differences = _differences(metadata["settings"], settings)
         if len(differences) == 1:
             saved, current = differences[0]
-            raise _Unusable(f"was trained with {saved}, this run has {current}")
+            raise Unusable(f"was trained with {saved}, this run has {current}")
         if differences:
             listed = ", ".join(f"{saved} (this run has {current})" for saved, current in differences[:3])
             more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
-            raise _Unusable(f"was trained with {listed}{more}")
+            raise Unusable(f"was trained with {listed}{more}")
     # Checked before loading: load_state_dict copies the tensors that fit before it raises on the
     # others, and a half-loaded model must not go on to be retrained (the result would differ).
     expected = model.state_dict()
@@ -173,11 +175,11 @@ def _load_into(model: nn.Module, path: Path, settings: dict[str, Any] | None) ->
     if missing or unexpected:
         parts = [f"{len(missing)} of its tensors missing ({_few(missing)})"] if missing else []
         parts += [f"{len(unexpected)} tensors not its own ({_few(unexpected)})"] if unexpected else []
-        raise _Unusable(f"does not fit this model: {'; '.join(parts)}")
+        raise Unusable(f"does not fit this model: {'; '.join(parts)}")
     wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if wrong:
         more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
-        raise _Unusable(f"does not fit this model: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} in the file, "
+        raise Unusable(f"does not fit this model: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} in the file, "
                         f"{tuple(expected[wrong[0]].shape)} in the model{more}")
     model.load_state_dict(state)
     return dict(metadata)
@@ -285,11 +287,7 @@ def obtain_model(model: nn.Module, *, checkpoint: str | None, cache_dir: Path | 
     ``load_train_valid()`` -> (train_inputs, train_labels, valid_inputs, valid_labels) is only
     called when training is needed. The checkpoint always ends up as ``run_dir/model.pt`` (a hard
     link to the cache entry where possible, so a sweep does not copy full-size weights per job).
-
-    The cache can be shared by jobs that start at once, on one machine or on a cluster's shared
-    file system: the first to miss takes the entry's lock (``<cache_dir>/<key>.lock``) and trains;
-    the others wait for it and reuse its entry. The OS releases the lock when its holder dies, so a
-    crashed trainer leaves the next one to train. A corrupted entry is deleted and retrained.
+    The cache entry is ``<cache_dir>/<key>.pt``, shared by jobs as :func:`reuse_or_make` says.
     """
     run_checkpoint = Path(run_dir) / "model.pt"
     if checkpoint:
@@ -312,24 +310,62 @@ def obtain_model(model: nn.Module, *, checkpoint: str | None, cache_dir: Path | 
     if not cache_dir:
         return train_and_save()
     cached = Path(cache_dir) / f"{cache_key(settings)}.pt"
+
+    def reuse(entry: Path) -> ModelSource:
+        metadata = _load_into(model, entry, settings)
+        log.info("reusing cached model %s (same data, feature, model and training settings)", entry)
+        _link_or_copy(entry, run_checkpoint)
+        return ModelSource("cache", entry, metadata)
+
+    def make(entry: Path) -> ModelSource:
+        source = train_and_save()
+        _link_or_copy(run_checkpoint, entry)
+        return source
+
+    return reuse_or_make(cached, reuse, make, what="model")
+
+
+T = TypeVar("T")
+
+
+def reuse_or_make(entry: Path, reuse: Callable[[Path], T], make: Callable[[Path], T], *, what: str) -> T:
+    """``reuse(entry)`` if the cache entry ``entry`` is there and usable, else ``make(entry)``, which
+    trains and writes it: the one protocol of every cache of trained weights (models, L-MAC decoders).
+
+    The cache can be shared by jobs that start at once, on one machine or on a cluster's shared
+    file system: the first to miss takes the entry's lock (``<entry stem>.lock`` beside it) and makes
+    it; the others wait for it and reuse its entry. The OS releases the lock when its holder dies, so
+    a crashed trainer leaves the next one to train. ``reuse`` raises :class:`Unusable` for an entry
+    it cannot use (corrupted, another model's); it is then deleted, with a warning, and made again.
+    ``what`` names the entry in log lines.
+    """
+    def attempt(*, discard: bool) -> tuple[T] | None:
+        if not entry.is_file():
+            return None
+        try:
+            return (reuse(entry),)
+        except Unusable as problem:
+            if discard:
+                log.warning("%s cache entry %s %s: deleting it and training the %s again", what, entry, problem, what)
+                entry.unlink(missing_ok=True)
+            return None
+
     # Entries appear by an atomic rename, whole: one that is there and loads needs no lock.
-    metadata = _reuse(model, cached, settings, run_checkpoint, discard=False)
-    if metadata is not None:
-        return ModelSource("cache", cached, metadata)
+    reused = attempt(discard=False)
+    if reused is not None:
+        return reused[0]
     # The lock file is never deleted: a job may hold or be waiting on it, and a new file of the same
     # name would let a second trainer in beside the first.
-    with _exclusive(cached.with_suffix(".lock")):
-        # Looked at again: another job may have trained it while this one waited, or left a broken one.
-        metadata = _reuse(model, cached, settings, run_checkpoint, discard=True)
-        if metadata is not None:
-            return ModelSource("cache", cached, metadata)
+    with _exclusive(entry.with_suffix(".lock"), what):
+        # Looked at again: another job may have made it while this one waited, or left a broken one.
+        reused = attempt(discard=True)
+        if reused is not None:
+            return reused[0]
         # Only a holder of this lock writes the entry's temporary files, so any there are a killed
         # trainer's.
-        for stale in cached.parent.glob(f".{cached.stem}.*.tmp{cached.suffix}"):
+        for stale in entry.parent.glob(f".{entry.stem}.*.tmp{entry.suffix}"):
             stale.unlink(missing_ok=True)
-        source = train_and_save()
-        _link_or_copy(run_checkpoint, cached)
-    return source
+        return make(entry)
 
 
 def _own_checkpoint(model: nn.Module, run_checkpoint: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -340,7 +376,7 @@ def _own_checkpoint(model: nn.Module, run_checkpoint: Path, settings: dict[str, 
     initial = copy.deepcopy(model.state_dict())  # training another model must start from the same init
     try:
         metadata = _load_into(model, run_checkpoint, settings)
-    except _Unusable:
+    except Unusable:
         return None  # not loaded; trained again, and overwritten
     if cache_key(metadata.get("settings", {})) != cache_key(settings):
         model.load_state_dict(initial)
@@ -349,33 +385,14 @@ def _own_checkpoint(model: nn.Module, run_checkpoint: Path, settings: dict[str, 
     return metadata
 
 
-def _reuse(model: nn.Module, cached: Path, settings: dict[str, Any], run_checkpoint: Path, *,
-           discard: bool) -> dict[str, Any] | None:
-    """Load the cache entry ``cached`` into ``model``, link it as the run's checkpoint and return its
-    metadata; None if there is none or it cannot be used, and then, with ``discard`` (only under its
-    lock), delete it."""
-    if not cached.is_file():
-        return None
-    try:
-        metadata = _load_into(model, cached, settings)
-    except _Unusable as problem:
-        if discard:
-            log.warning("model cache entry %s %s: deleting it and training the model again", cached, problem)
-            cached.unlink(missing_ok=True)
-        return None
-    log.info("reusing cached model %s (same data, feature, model and training settings)", cached)
-    _link_or_copy(cached, run_checkpoint)
-    return metadata
-
-
 @contextlib.contextmanager
-def _exclusive(lock: Path):
+def _exclusive(lock: Path, what: str):
     """Hold ``lock`` exclusively for the block, saying so when another job holds it first."""
     # Without locks (file_lock warns) jobs may only train the same model twice, never read half of
     # one: entries are written whole by a rename.
     with contextlib.ExitStack() as held:
         if not held.enter_context(file_lock(lock, blocking=False)):
-            log.info("waiting for another job training the same model (%s)", lock)
+            log.info("waiting for another job training the same %s (%s)", what, lock)
             held.enter_context(file_lock(lock))
         yield
 

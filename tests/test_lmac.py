@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ def test_training_lowers_the_loss(trained, splits):
     assert all(p.requires_grad for p in model.parameters()), "the classifier's parameters must be restored"
 
 
-def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(trained, splits, tmp_path):
+def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(trained, splits, tmp_path, caplog):
     model, _, _ = trained
     train_inputs, train_labels, valid_inputs, valid_labels = splits
     first = Lmac(epochs=1, lr=1e-3, batch_size=8, cache=True, cache_dir=str(tmp_path), seed=3)
@@ -74,6 +76,17 @@ def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(traine
     assert torch.equal(cached.attribute(model, valid_inputs[:4], target), masks)
     assert cached.training == first.training
 
+    # a broken entry (a killed copy, a full disk) is deleted and made again by the model cache's protocol
+    entry = next(tmp_path.glob("lmac_*.pt"))
+    entry.write_bytes(b"not a decoder")
+    with caplog.at_level(logging.WARNING, logger="audiointerp.train"):
+        remade = Lmac(epochs=1, lr=1e-3, batch_size=8, cache=True, cache_dir=str(tmp_path), seed=3)
+        remade.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
+    assert any(f"L-MAC decoder cache entry {entry} is unreadable" in r.getMessage() and "training the L-MAC decoder again"
+               in r.getMessage() for r in caplog.records), caplog.text
+    assert torch.equal(remade.attribute(model, valid_inputs[:4], target), masks)
+    assert entry.stat().st_size > 1000
+
     other_seed = Lmac(epochs=1, lr=1e-3, batch_size=8, cache=True, cache_dir=str(tmp_path), seed=4)
     other_seed.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
     assert len(list(tmp_path.glob("lmac_*.pt"))) == 2, "another seed is another decoder"
@@ -81,7 +94,7 @@ def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(traine
 
 
 @pytest.mark.parametrize("option,value", [("blocks", [0, 3]), ("blocks", [5, 3]), ("epochs", 0), ("lr", -1.0),
-                                          ("area", 1.5), ("batch_size", 1)])
+                                          ("area", 1.5), ("batch_size", 1), ("squash", "relu")])
 def test_bad_settings_name_the_option(option, value):
     with pytest.raises(AudioInterpError, match=f"explainer.{option}"):
         Lmac(**{option: value})

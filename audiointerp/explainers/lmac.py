@@ -34,8 +34,8 @@ from hydra.utils import to_absolute_path
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from audiointerp import hashing
-from audiointerp.atomic import file_lock, save_torch
+from audiointerp import hashing, train
+from audiointerp.atomic import save_torch
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import Explainer, model_device
 from audiointerp.masks import SILENCE_DB, apply_mask, make_masks
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 #: embedded default (lr 1e-3) Fid-In stayed at the collapsed 0.19 for two epochs, against 1.0 from
 #: the first epoch when starting near 1.
 INITIAL_KEEP_LOGIT = 3.0
+#: The decoder's last non-linearity (``explainer.squash``) and the logit at which it gives 0.95.
+#: ``hard`` (hardsigmoid, z/6 + 1/2 clipped to [0, 1]) reaches exactly 0 and 1.
+SQUASHES = {"sigmoid": (torch.sigmoid, INITIAL_KEEP_LOGIT), "hard": (F.hardsigmoid, 2.7)}
 #: The evaluation's mask the best epoch is chosen by. Scored on the decoder's raw mask, the first
 #: epoch's near-1 masks keep the class trivially (Fid-In 1.0, mean 0.97 on the embedded default)
 #: and win; min-max scaled, as the evaluation's ``minmax`` mask scales every attribution, a
@@ -62,16 +65,18 @@ class MaskDecoder(nn.Module):
     Args:
         channels: channel count of each listened block's output, shallow to deep.
         hidden: channels of the decoder's own feature maps.
+        squash: a key of :data:`SQUASHES`, the non-linearity that makes logits a mask.
     """
 
-    def __init__(self, channels: Sequence[int], hidden: int) -> None:
+    def __init__(self, channels: Sequence[int], hidden: int, squash: str = "sigmoid") -> None:
         super().__init__()
+        self.squash, initial_logit = SQUASHES[squash]
         self.lateral = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in channels)
         self.up = nn.ModuleList(nn.ConvTranspose2d(hidden, hidden, 2, stride=2) for _ in channels[1:])
         self.refine = nn.ModuleList(nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU())
                                     for _ in channels[1:])
         self.head = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 1, 3, padding=1))
-        nn.init.constant_(self.head[-1].bias, INITIAL_KEEP_LOGIT)
+        nn.init.constant_(self.head[-1].bias, initial_logit)
 
     def forward(self, activations: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
         x = self.lateral[-1](activations[-1])
@@ -81,7 +86,7 @@ class MaskDecoder(nn.Module):
             x = F.interpolate(self.up[level](x), size=skip.shape[-2:], mode="nearest")
             x = self.refine[level](torch.relu(x + skip))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(self.head(x))
+        return self.squash(self.head(x))
 
 
 class Lmac(Explainer):
@@ -93,6 +98,7 @@ class Lmac(Explainer):
         epochs, lr, batch_size: Adam on the training split.
         weight_in, weight_out, weight_area: the loss's weights (see the module's docstring).
         area: None for the published mean-mask term, else the share of bins each mask should keep.
+        squash: ``sigmoid`` (published) or ``hard``, the decoder's last non-linearity (:data:`SQUASHES`).
         silence_level: s of the masked and complementary inputs, dB (the run's ``mask.silence_level``).
         seed: the decoder's initial weights and the order of training clips.
         cache: reuse a decoder trained with the same classifier, data and settings.
@@ -104,8 +110,8 @@ class Lmac(Explainer):
 
     def __init__(self, blocks: Sequence[int] = (3, 4, 5, 6), hidden: int = 32, epochs: int = 10, lr: float = 1e-3,
                  batch_size: int = 16, weight_in: float = 4.0, weight_out: float = 0.2, weight_area: float = 0.4,
-                 area: float | None = None, silence_level: float | None = SILENCE_DB, seed: int = 0, cache: bool = True,
-                 cache_dir: str = "data/model_cache") -> None:
+                 area: float | None = None, squash: str = "sigmoid", silence_level: float | None = SILENCE_DB,
+                 seed: int = 0, cache: bool = True, cache_dir: str = "data/model_cache") -> None:
         blocks = list(blocks)
         if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 6 for b in blocks) \
                 or blocks != sorted(set(blocks)):
@@ -117,8 +123,11 @@ class Lmac(Explainer):
             raise AudioInterpError(f"explainer.lr: expected a positive number, got {lr!r}")
         if area is not None and (isinstance(area, bool) or not isinstance(area, (int, float)) or not 0 < area < 1):
             raise AudioInterpError(f"explainer.area: expected null or a share of bins in (0, 1), got {area!r}")
+        if squash not in SQUASHES:
+            raise AudioInterpError(f"explainer.squash: expected one of {', '.join(SQUASHES)}, got {squash!r}")
         self.blocks = blocks
         self.hidden = hidden
+        self.squash = squash
         self.epochs = epochs
         self.lr = float(lr)
         self.batch_size = batch_size
@@ -136,7 +145,7 @@ class Lmac(Explainer):
         """Everything besides the classifier and the data that determines the trained decoder."""
         return {"blocks": self.blocks, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
                 "batch_size": self.batch_size, "weights": list(self.weights), "area": self.area,
-                "silence_level": self.silence_level, "seed": self.seed,
+                "squash": self.squash, "silence_level": self.silence_level, "seed": self.seed,
                 "code": hashing.file_sha256(__file__)}
 
     def check(self, model: nn.Module) -> None:
@@ -170,35 +179,45 @@ class Lmac(Explainer):
         device = model_device(model)
         with torch.no_grad():
             _, activations = self._listen(model, train_inputs[:2].to(device))
-        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not the global generator
-            torch.manual_seed(self.seed)
-            self.decoder = MaskDecoder([a.shape[1] for a in activations], self.hidden).to(device)
-        if not self.cache:
+
+        def new_decoder() -> None:
+            with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not the global generator
+                torch.manual_seed(self.seed)
+                self.decoder = MaskDecoder([a.shape[1] for a in activations], self.hidden, self.squash).to(device)
+
+        def fit() -> None:
+            new_decoder()
             self._fit(model, train_inputs, valid_inputs)
+
+        if not self.cache:
+            fit()
             return
         key = self._cache_key(model, train_inputs, train_labels, valid_inputs, valid_labels)
         folder = Path(to_absolute_path(str(self.cache_dir)))
         folder.mkdir(parents=True, exist_ok=True)
-        entry = folder / f"lmac_{key}.pt"
-        with file_lock(folder / f"lmac_{key}.lock"):  # jobs of a sweep train it once; the others wait
-            if entry.is_file():
-                try:
-                    saved = torch.load(entry, map_location=device, weights_only=True)
-                    self.decoder.load_state_dict(saved["state_dict"])
-                    self.training = json.loads(saved["training"])
-                    log.info("lmac: decoder from the cache (%s)", entry)
-                    return
-                except Exception as error:  # noqa: BLE001 - any unreadable entry is retrained
-                    log.warning("lmac: cache entry %s is unreadable (%s); training again", entry, type(error).__name__)
-            self._fit(model, train_inputs, valid_inputs)
+
+        def reuse(entry: Path) -> None:
+            try:
+                saved = torch.load(entry, map_location=device, weights_only=True)
+                new_decoder()
+                self.decoder.load_state_dict(saved["state_dict"])
+                self.training = json.loads(saved["training"])
+            except Exception as error:  # noqa: BLE001 - any unreadable entry is made again
+                raise train.Unusable(f"is unreadable ({type(error).__name__})") from None
+            log.info("lmac: decoder from the cache (%s)", entry)
+
+        def make(entry: Path) -> None:
+            fit()  # from the seed's initial weights, whatever a broken entry left in the decoder
             save_torch({"state_dict": self.decoder.state_dict(), "training": json.dumps(self.training)}, entry)
+
+        # jobs of a sweep train it once; the others wait for it (the model cache's protocol)
+        train.reuse_or_make(folder / f"lmac_{key}.pt", reuse, make, what="L-MAC decoder")
 
     def _cache_key(self, model: nn.Module, *tensors: Tensor | None) -> str:
         # the classifier's passes while training: a decoder trained under bf16 is another decoder
         precision = str(getattr(model, "autocast_dtype", None))
-        digest = hashlib.sha256(json.dumps({**self.settings(), "precision": precision}, sort_keys=True).encode())
-        for name, value in model.state_dict().items():
-            digest.update(name.encode() + value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest = hashlib.sha256(json.dumps({**self.settings(), "precision": precision,
+                                            "classifier": train.fingerprint(model)}, sort_keys=True).encode())
         for tensor in tensors:
             if tensor is not None:
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
