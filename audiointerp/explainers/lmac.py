@@ -3,7 +3,7 @@
 After Paissan, Ravanelli and Subakan, "Listenable Maps for Audio Classifiers" (ICML 2024); our own
 code. The decoder listens to the outputs of some of Cnn14's conv blocks (3-6 by default), goes from
 the deepest up with transposed convolutions and additive skips, U-Net-like, and ends in a sigmoid
-mask M on the input's (F, T) grid. It is trained for the metrics it is judged by: the masked and
+(or, ``squash=hard``, a hardsigmoid) mask M on the input's (F, T) grid. It is trained for the metrics it is judged by: the masked and
 complementary inputs of its loss are built by ``audiointerp.masks.apply_mask`` exactly as the
 evaluation builds them, ``(X - s)·M + s`` and ``(X - s)·(1 - M) + s``, and its loss is
 
@@ -12,11 +12,12 @@ evaluation builds them, ``(X - s)·M + s`` and ``(X - s)·(1 - M) + s``, and its
 with ŷ the classifier's prediction on X (4, 0.2, 0.4 as published). With ``area`` set, the last
 term becomes ``w_area · |mean(M) - area|`` per clip, so masks keep about that share of the bins and
 can be compared with other explainers at equal sparsity. The best epoch is chosen on the
-validation split by Fid-In (ties by FF) of the evaluation's ``minmax`` mask of the decoder's mask.
-Explaining a clip is then one forward of the classifier and one of the decoder.
+validation split by Fid-In (ties by FF) of the evaluation's ``minmax`` mask of the decoder's mask,
+and the learning rate is halved when that Fid-In has not risen for two epochs. Explaining a clip is then one forward of the classifier and one of the decoder.
 
-A trained decoder is cached beside the model cache, keyed on the classifier's weights, the train
-and valid inputs, the decoder's settings and this file's code.
+A trained decoder is cached beside the model cache (``audiointerp.train.reuse_or_make``, the same
+lock and repair rules), keyed on the classifier's weights and precision, the train and valid
+inputs, the decoder's settings and this file's code.
 """
 
 from __future__ import annotations
@@ -241,10 +242,12 @@ class Lmac(Explainer):
         totals = {"FidIn": 0.0, "FF": 0.0, "mask_mean": 0.0}
         for start in range(0, len(inputs), self.batch_size):
             clips = inputs[start:start + self.batch_size].to(device)
-            masks, _ = self._masks(model, clips)
+            logits, activations = self._listen(model, clips)  # the clips' one forward: their masks and p
+            masks = self.decoder(activations, clips.shape[-2:])
             judged = make_masks(masks, [SELECTION_MASK])[SELECTION_MASK]
             masked, complement = apply_mask(clips, judged, self.silence_level)
-            p, p_masked, p_unmasked = (torch.softmax(model(x), dim=1) for x in (clips, masked, complement))
+            p = torch.softmax(logits, dim=1)
+            p_masked, p_unmasked = torch.softmax(model(torch.cat([masked, complement])), dim=1).chunk(2)
             scores = {**score(p, p_masked, p_unmasked, judged), "mask_mean": masks.mean(dim=(1, 2, 3))}
             for name in totals:
                 totals[name] += float(scores[name].sum())
@@ -254,6 +257,8 @@ class Lmac(Explainer):
         device = model_device(model)
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.Adam(self.decoder.parameters(), lr=self.lr)
+        # as published: the step halves when valid Fid-In has not risen for two epochs
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
         frozen = [p for p in model.parameters() if p.requires_grad]
         for parameter in frozen:  # gradients reach the masks through the classifier, never its weights
             parameter.requires_grad_(False)
@@ -275,6 +280,7 @@ class Lmac(Explainer):
                     losses.append(float(loss.detach()))
                 self.decoder.eval()
                 scores = self._validate(model, valid_inputs)
+                plateau.step(scores["FidIn"])
                 history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), **scores})
                 progress.set_postfix(loss=f"{history[-1]['loss']:.3f}", FidIn=f"{scores['FidIn']:.3f}",
                                      FF=f"{scores['FF']:.3f}", mask=f"{scores['mask_mean']:.2f}")
