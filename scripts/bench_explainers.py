@@ -42,13 +42,12 @@ from audiointerp.explainers.lime import Lime  # noqa: E402
 from audiointerp.explainers.lmac import Lmac  # noqa: E402
 from audiointerp.explainers.saliency import Saliency  # noqa: E402
 from audiointerp.explainers.shap import DeepShap, GradientShap  # noqa: E402
-from audiointerp.masks import MASK_NAMES, apply_mask, make_masks  # noqa: E402
+from audiointerp.masks import MASK_NAMES, SILENCE_DB, apply_mask, make_masks  # noqa: E402
 from audiointerp.metrics import score  # noqa: E402
 from audiointerp.models import PRECISIONS, Cnn14, channels_last  # noqa: E402
 
 EXPLAINER_NAMES = ("saliency", "gradcam", "lime", "shap", "shap_gradient", "integrated_gradients", "smoothgrad",
                    "occlusion", "lmac")
-SILENCE_DB = -100.0
 SAMPLE_RATE = 32000
 CLIP_SECONDS = 5.0
 
@@ -59,7 +58,7 @@ def build_explainers(args: argparse.Namespace) -> dict[str, Callable[[], Explain
         "saliency": Saliency,
         "gradcam": GradCam,
         "lime": lambda: Lime(num_samples=args.lime_samples, batch_size=args.lime_batch, random_state=0),
-        "lime (batch 10)": lambda: Lime(num_samples=args.lime_samples, batch_size=10, random_state=0),
+        "lime (batch 256)": lambda: Lime(num_samples=args.lime_samples, batch_size=256, random_state=0),
         "shap": lambda: DeepShap(per_class=1, seed=0, background_batch=args.shap_background_batch),
         "shap_gradient": lambda: GradientShap(per_class=1, seed=0,
                                               n_samples=args.shap_gradient_samples),
@@ -169,7 +168,7 @@ def parse_args() -> argparse.Namespace:
                         help="score in the default memory format (a run's channels_last=false), not channels-last")
     parser.add_argument("--explainers", nargs="+", default=list(EXPLAINER_NAMES), choices=EXPLAINER_NAMES)
     parser.add_argument("--lime-samples", type=int, default=100, help="LIME perturbed spectrograms per clip")
-    parser.add_argument("--lime-batch", type=int, default=256, help="LIME spectrograms per forward")
+    parser.add_argument("--lime-batch", type=int, default=10, help="LIME spectrograms per forward (the config's default)")
     parser.add_argument("--shap-background", type=int, default=10, help="SHAP background clips (one per class)")
     parser.add_argument("--shap-background-batch", type=int, default=25,
                         help="SHAP background clips per shap call (attributions averaged over the chunks)")
@@ -204,7 +203,7 @@ def main() -> None:
     print(f"input: {source}, (1, 64, 501) log-mel; {args.clips} timed clips, {args.batch_size} per attribute call; "
           f"{args.classes} classes; torch threads {torch.get_num_threads()}; scoring passes "
           f"{'contiguous' if args.contiguous else 'channels-last'}")
-    print(f"lime: {args.lime_samples} samples, batch {args.lime_batch} (and 10); shap/shap_gradient: background "
+    print(f"lime: {args.lime_samples} samples, batch {args.lime_batch} (and 256); shap/shap_gradient: background "
           f"{args.shap_background} clips (shap in chunks of {args.shap_background_batch}), shap_gradient "
           f"{args.shap_gradient_samples} samples; IG 32 steps; SmoothGrad 16 samples; occlusion 8x20 stride 4x10; "
           f"forward batch {args.forward_batch}; evaluation: 1 forward + 14 masks + one forward of 28 spectrograms/clip")

@@ -3,9 +3,10 @@
 After Paissan, Ravanelli and Subakan, "Listenable Maps for Audio Classifiers" (ICML 2024); our own
 code. The decoder listens to the outputs of some of Cnn14's conv blocks (3-6 by default), goes from
 the deepest up with transposed convolutions and additive skips, U-Net-like, and ends in a sigmoid
-(or, ``squash=hard``, a hardsigmoid) mask M on the input's (F, T) grid. It is trained for the metrics it is judged by: the masked and
-complementary inputs of its loss are built by ``audiointerp.masks.apply_mask`` exactly as the
-evaluation builds them, ``(X - s)·M + s`` and ``(X - s)·(1 - M) + s``, and its loss is
+(or, ``squash=hard``, a hardsigmoid) mask M on the input's (F, T) grid. It is trained for the
+metrics it is judged by: the masked and complementary inputs of its loss are built by
+``audiointerp.masks.apply_mask`` exactly as the evaluation builds them, ``(X - s)·M + s`` and
+``(X - s)·(1 - M) + s``, and its loss is
 
     w_in · CE(f(masked), ŷ) - w_out · CE(f(complement), ŷ) + w_area · mean(M)
 
@@ -13,7 +14,8 @@ with ŷ the classifier's prediction on X (4, 0.2, 0.4 as published). With ``area
 term becomes ``w_area · |mean(M) - area|`` per clip, so masks keep about that share of the bins and
 can be compared with other explainers at equal sparsity. The best epoch is chosen on the
 validation split by Fid-In (ties by FF) of the evaluation's ``minmax`` mask of the decoder's mask,
-and the learning rate is halved when that Fid-In has not risen for two epochs. Explaining a clip is then one forward of the classifier and one of the decoder.
+and the learning rate is halved when that Fid-In has not risen for two epochs. Explaining a clip is
+then one forward of the classifier and one of the decoder.
 
 A trained decoder is cached beside the model cache (``audiointerp.train.reuse_or_make``, the same
 lock and repair rules), keyed on the classifier's weights and precision, the train and valid
