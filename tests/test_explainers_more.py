@@ -121,7 +121,7 @@ def test_configs_instantiate_each_explainer_with_the_run_seed_and_silence_level(
             assert type(explainers[name]) is cls
     assert explainers["integrated_gradients"].silence_level == explainers["occlusion"].silence_level == -90
     assert explainers["lime"].random_state == explainers["shap"].seed == explainers["shap_gradient"].seed == 7
-    assert (explainers["lime"].num_samples, explainers["lime"].batch_size) == (1000, 256)
+    assert (explainers["lime"].num_samples, explainers["lime"].batch_size) == (1000, 10)
     assert explainers["shap"].per_class == 2 and explainers["shap"].check_additivity
 
 

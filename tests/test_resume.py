@@ -46,11 +46,17 @@ def kill_when(overrides: list[str], partial_dir_glob: str, root: Path, n_batches
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while len(list(root.glob(partial_dir_glob))) < n_batches:
+        seen: list[float] = []  # when each new batch file was first seen
+        while len(seen) < n_batches:
+            count = len(list(root.glob(partial_dir_glob)))
+            seen += [time.monotonic()] * (count - len(seen))
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(random.Random(seed).uniform(0.0, 0.3))  # somewhere inside the next batch
+            time.sleep(0.01)
+        # somewhere inside the next batch: a fraction of the last batch's time as seen (a fixed
+        # delay outlasted several batches on a fast CPU)
+        batch_seconds = seen[-1] - seen[-2] if len(seen) > 1 and seen[-1] > seen[-2] else 0.02
+        time.sleep(random.Random(seed).uniform(0.0, 0.8) * batch_seconds)
         assert process.poll() is None, "the run ended before it could be killed"
     finally:
         process.send_signal(signal.SIGKILL)
