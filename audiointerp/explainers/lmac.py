@@ -169,10 +169,10 @@ class Lmac(Explainer):
         return logits, activations
 
     def _masks(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 1, F, T) masks of ``inputs`` and the classifier's (B,) predictions on them."""
+        """(B, 1, F, T) masks of ``inputs`` and the classifier's (B, C) logits on them, from one forward."""
         with torch.no_grad():
             logits, activations = self._listen(model, inputs)
-        return self.decoder(activations, inputs.shape[-2:]), logits.argmax(dim=1)
+        return self.decoder(activations, inputs.shape[-2:]), logits
 
     def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor,
                 valid_inputs: Tensor | None = None, valid_labels: Tensor | None = None) -> None:
@@ -227,7 +227,8 @@ class Lmac(Explainer):
         return digest.hexdigest()[:16]
 
     def _loss(self, model: nn.Module, inputs: Tensor) -> Tensor:
-        masks, predicted = self._masks(model, inputs)
+        masks, logits = self._masks(model, inputs)
+        predicted = logits.argmax(dim=1)
         masked, complement = apply_mask(inputs, masks, self.silence_level)
         logits = model(torch.cat([masked, complement]))
         kept, removed = logits[:len(inputs)], logits[len(inputs):]
@@ -244,8 +245,7 @@ class Lmac(Explainer):
         totals = {"FidIn": 0.0, "FF": 0.0, "mask_mean": 0.0}
         for start in range(0, len(inputs), self.batch_size):
             clips = inputs[start:start + self.batch_size].to(device)
-            logits, activations = self._listen(model, clips)  # the clips' one forward: their masks and p
-            masks = self.decoder(activations, clips.shape[-2:])
+            masks, logits = self._masks(model, clips)  # the clips' one forward: their masks and p
             judged = make_masks(masks, [SELECTION_MASK])[SELECTION_MASK]
             masked, complement = apply_mask(clips, judged, self.silence_level)
             p = torch.softmax(logits, dim=1)
