@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.explainers.lmac import Lmac, MaskDecoder
+from audiointerp.explainers.lmac import OUT_LOSSES, UPSAMPLING, Lmac, MaskDecoder
 from audiointerp.models import Cnn14
 
 CPU = torch.device("cpu")
@@ -22,24 +22,59 @@ def splits(trained):
     return log_db[:24], clips.labels[:24], log_db[24:], clips.labels[24:]
 
 
+@pytest.mark.parametrize("upsample", UPSAMPLING)
+@pytest.mark.parametrize("blocks", [[3, 4, 5, 6], [0, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]])
 @pytest.mark.parametrize("n_bins,n_frames", [(64, 501), (257, 313)])
-def test_the_decoder_gives_a_mask_in_0_1_on_the_inputs_grid(n_bins, n_frames):
+def test_the_decoder_gives_a_mask_in_0_1_on_the_inputs_grid(n_bins, n_frames, blocks, upsample):
     torch.manual_seed(0)
     model = Cnn14(n_bins=n_bins, n_classes=5, width=1 / 16).eval()
-    explainer = Lmac(blocks=[3, 4, 5, 6])
+    explainer = Lmac(blocks=blocks)
     inputs = torch.randn(3, 1, n_bins, n_frames) * 20 - 50
     with torch.no_grad():
         _, activations = explainer._listen(model, inputs)
-    decoder = MaskDecoder([a.shape[1] for a in activations], hidden=8)
-    mask = decoder(activations, inputs.shape[-2:])
+    decoder = MaskDecoder([a.shape[1] for a in activations], hidden=8, upsample=upsample)
+    with torch.no_grad():
+        mask = decoder(activations, inputs.shape[-2:])
     assert mask.shape == inputs.shape
     assert float(mask.min()) > 0 and float(mask.max()) < 1
+    # each clip's mask is its own: the decoder mixes nothing across the batch
+    with torch.no_grad():
+        _, alone = explainer._listen(model, inputs[1:2])
+        torch.testing.assert_close(decoder(alone, inputs.shape[-2:]), mask[1:2], rtol=1e-4, atol=1e-5)
 
 
-def test_training_lowers_the_loss(trained, splits):
+def test_layer_0_is_the_spectrogram_as_the_classifier_normalised_it(trained, splits):
+    model, _, _ = trained
+    inputs = splits[2][:3]
+    with torch.no_grad():
+        logits, activations = Lmac(blocks=[0, 6])._listen(model, inputs)
+        mean, var = model.bn0.running_mean, model.bn0.running_var  # (F,): one per frequency bin
+        normalised = (inputs - mean[:, None]) / torch.sqrt(var[:, None] + model.bn0.eps) * model.bn0.weight[:, None] \
+            + model.bn0.bias[:, None]
+        assert torch.equal(logits, model(inputs)), "listening must not change the classifier's pass"
+    assert len(activations) == 2 and activations[0].shape == inputs.shape
+    torch.testing.assert_close(activations[0], normalised, rtol=1e-5, atol=1e-5)
+    assert activations[1].shape[1] == model.conv_block6.conv2.out_channels
+
+
+def test_the_removal_terms_are_minus_ce_and_minus_log_of_the_class_being_gone():
+    logits = torch.tensor([[4.0, 1.0, 0.0], [0.0, 0.0, 9.0], [2.0, 2.0, 2.0]])
+    predicted = torch.tensor([0, 0, 1])
+    p = torch.softmax(logits, dim=1)[torch.arange(3), predicted]  # the predicted class's probability
+    torch.testing.assert_close(OUT_LOSSES["ce"](logits, predicted), torch.log(p).mean())
+    torch.testing.assert_close(OUT_LOSSES["bounded"](logits, predicted), -torch.log1p(-p).mean())
+    # bounded: never below 0, and 0 once the complement has lost the class; ce keeps falling
+    gone = torch.tensor([[-30.0, 0.0, 0.0]])
+    assert 0 <= float(OUT_LOSSES["bounded"](gone, torch.tensor([0]))) < 1e-9
+    assert float(OUT_LOSSES["ce"](gone, torch.tensor([0]))) < -29
+
+
+@pytest.mark.parametrize("settings", [{}, {"blocks": [0, 3, 4, 5, 6], "upsample": "bilinear", "out_loss": "bounded",
+                                                       "weight_area": 8.0}])
+def test_training_lowers_the_loss(trained, splits, settings):
     model, _, _ = trained
     train_inputs, train_labels, valid_inputs, valid_labels = splits
-    explainer = Lmac(epochs=3, lr=1e-3, batch_size=8, cache=False, seed=0)
+    explainer = Lmac(epochs=3, lr=1e-3, batch_size=8, cache=False, seed=0, **settings)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     model.zero_grad(set_to_none=True)  # training the model left its last gradients
     explainer.prepare(model, train_inputs, train_labels, valid_inputs, valid_labels)
@@ -50,6 +85,12 @@ def test_training_lowers_the_loss(trained, splits):
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items()), \
         "the classifier must stay frozen"
     assert all(p.requires_grad for p in model.parameters()), "the classifier's parameters must be restored"
+    # the best epoch is the one with the highest valid Fid-In, ties broken by FF
+    best = max(history, key=lambda h: (h["FidIn"], h["FF"]))
+    assert explainer.training["best_epoch"] == best["epoch"], history
+    assert (explainer.training["valid_FidIn"], explainer.training["valid_FF"]) == (best["FidIn"], best["FF"])
+    # training flushes subnormal floats to zero (speed); torch's default is back for what runs next
+    assert float(torch.tensor([1e-40]) * 1.0) > 0
 
 
 def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(trained, splits, tmp_path, caplog):
@@ -93,8 +134,9 @@ def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(traine
     assert not torch.equal(other_seed.attribute(model, valid_inputs[:4], target), masks)
 
 
-@pytest.mark.parametrize("option,value", [("blocks", [0, 3]), ("blocks", [5, 3]), ("epochs", 0), ("lr", -1.0),
-                                          ("area", 1.5), ("batch_size", 1), ("squash", "relu")])
+@pytest.mark.parametrize("option,value", [("blocks", [-1, 3]), ("blocks", [5, 3]), ("blocks", [3, 7]), ("epochs", 0),
+                                          ("lr", -1.0), ("area", 1.5), ("batch_size", 1), ("squash", "relu"),
+                                          ("out_loss", "mse"), ("upsample", "nearest")])
 def test_bad_settings_name_the_option(option, value):
     with pytest.raises(AudioInterpError, match=f"explainer.{option}"):
         Lmac(**{option: value})
