@@ -35,11 +35,11 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from audiointerp.errors import build  # noqa: E402
 from audiointerp.explainers.base import Explainer  # noqa: E402
 from audiointerp.explainers.captum_methods import IntegratedGradients, Occlusion, SmoothGrad  # noqa: E402
 from audiointerp.explainers.gradcam import GradCam  # noqa: E402
 from audiointerp.explainers.lime import Lime  # noqa: E402
-from audiointerp.explainers.lmac import Lmac  # noqa: E402
 from audiointerp.explainers.saliency import Saliency  # noqa: E402
 from audiointerp.explainers.shap import DeepShap, GradientShap  # noqa: E402
 from audiointerp.masks import MASK_NAMES, SILENCE_DB, apply_mask, make_masks  # noqa: E402
@@ -47,7 +47,7 @@ from audiointerp.metrics import score  # noqa: E402
 from audiointerp.models import PRECISIONS, Cnn14, channels_last  # noqa: E402
 
 EXPLAINER_NAMES = ("saliency", "gradcam", "lime", "shap", "shap_gradient", "integrated_gradients", "smoothgrad",
-                   "occlusion", "lmac")
+                   "occlusion", "lmac", "lmac_sparse")
 SAMPLE_RATE = 32000
 CLIP_SECONDS = 5.0
 
@@ -68,8 +68,18 @@ def build_explainers(args: argparse.Namespace) -> dict[str, Callable[[], Explain
         "occlusion": lambda: Occlusion(silence_level=SILENCE_DB,
                                        perturbations_per_eval=max(1, args.forward_batch // args.batch_size)),
         # one epoch on the background clips: explaining costs the same whatever the decoder learnt
-        "lmac": lambda: Lmac(epochs=1, batch_size=2, cache=False, silence_level=SILENCE_DB),
+        "lmac": lambda: configured("lmac", "explainer.epochs=1", "explainer.batch_size=2", "explainer.cache=false"),
+        "lmac_sparse": lambda: configured("lmac_sparse", "explainer.epochs=1", "explainer.batch_size=2",
+                                          "explainer.cache=false"),
     }
+
+
+def configured(explainer: str, *overrides: str) -> Explainer:
+    """``conf/explainer/<explainer>.yaml`` as a run composes it, with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return build(compose("config", overrides=[f"explainer={explainer}", *overrides]).explainer)
 
 
 def load_log_mels(folder: Path, n_clips: int) -> torch.Tensor:

@@ -290,7 +290,8 @@ def test_bad_input_gives_one_line_error(tmp_path):
     assert not (tmp_path / "run" / "summary.csv").exists()
 
 
-@pytest.mark.parametrize("data,feature,explainer", [("esc10", "mel", "gradcam"), ("esc50", "stft", "saliency")])
+@pytest.mark.parametrize("data,feature,explainer", [("esc10", "mel", "gradcam"), ("esc50", "stft", "saliency"),
+                                                    ("esc10", "stft", "lmac_sparse")])
 def test_real_clips_with_room_noise_write_the_same_outputs(tmp_path, esc50_root, shared_data, data, feature, explainer):
     """The README's real-data command on the shared ESC-50 copy: same files as the synthetic run.
 
