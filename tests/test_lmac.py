@@ -134,6 +134,22 @@ def test_same_seed_gives_identical_masks_and_the_cached_decoder_is_reused(traine
     assert not torch.equal(other_seed.attribute(model, valid_inputs[:4], target), masks)
 
 
+def test_a_constant_mask_does_not_win_the_epoch_selection(trained, splits):
+    """The best epoch is chosen by Fid-In of the mask's top 5 % by rank: a decoder that keeps every
+    bin alike (one ESC-10 decoder did, all ones) keeps 5 % of the bins by position, not all of them."""
+    model, _, _ = trained
+    explainer = Lmac(cache=False)
+    with torch.no_grad():
+        _, activations = explainer._listen(model, splits[2][:2])
+    explainer.decoder = MaskDecoder([a.shape[1] for a in activations], hidden=8)
+    with torch.no_grad():
+        explainer.decoder.head[-1].weight.zero_()
+        explainer.decoder.head[-1].bias.fill_(30.0)  # sigmoid(30) == 1 in float32: every bin kept alike
+    scores = explainer._validate(model, splits[2])
+    assert scores["mask_mean"] == 1.0
+    assert scores["FidIn"] < 0.5, scores
+
+
 @pytest.mark.parametrize("option,value", [("blocks", [-1, 3]), ("blocks", [5, 3]), ("blocks", [3, 7]), ("epochs", 0),
                                           ("lr", -1.0), ("area", 1.5), ("batch_size", 1), ("squash", "relu"),
                                           ("out_loss", "mse"), ("upsample", "nearest")])
