@@ -15,9 +15,9 @@ with ŷ the classifier's prediction on X, R = -CE as published (``out_loss=ce``)
 -log(1 - p_ŷ) (:data:`OUT_LOSSES`), and weights 4, 0.2, 0.4 as published. With ``area`` set, the
 last term becomes ``w_area · |mean(M) - area|`` per clip, so masks keep about that share of the
 bins and can be compared with other explainers at equal sparsity. The best epoch is chosen on the
-validation split by Fid-In (ties by FF) of the evaluation's ``topK_5`` mask of the decoder's mask
-(:data:`SELECTION_MASK`), and the learning rate is halved when that Fid-In has not risen for two
-epochs. Explaining a clip is then one forward of the classifier and one of the decoder.
+validation split by Fid-In (ties by FF) of the evaluation's ``topK_5`` mask (by rank) of the
+decoder's mask (:data:`SELECTION_MASK`), and the learning rate is halved when that Fid-In has not
+risen for two epochs. Explaining a clip is then one forward of the classifier and one of the decoder.
 
 ``conf/explainer/lmac.yaml`` holds the published settings; ``lmac_sparse.yaml`` the ones that
 localise the evidence on the embedded default (the README's table).
