@@ -22,21 +22,23 @@ def splits(trained):
     return log_db[:24], clips.labels[:24], log_db[24:], clips.labels[24:]
 
 
+@pytest.mark.parametrize("fine_channels", [None, 4])
 @pytest.mark.parametrize("upsample", UPSAMPLING)
-@pytest.mark.parametrize("blocks", [[3, 4, 5, 6], [0, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]])
+@pytest.mark.parametrize("blocks", [[6], [3, 4, 5, 6], [0, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]])
 @pytest.mark.parametrize("n_bins,n_frames", [(64, 501), (257, 313)])
-def test_the_decoder_gives_a_mask_in_0_1_on_the_inputs_grid(n_bins, n_frames, blocks, upsample):
+def test_the_decoder_gives_a_mask_in_0_1_on_the_inputs_grid(n_bins, n_frames, blocks, upsample, fine_channels):
     torch.manual_seed(0)
     model = Cnn14(n_bins=n_bins, n_classes=5, width=1 / 16).eval()
     explainer = Lmac(blocks=blocks)
     inputs = torch.randn(3, 1, n_bins, n_frames) * 20 - 50
     with torch.no_grad():
         _, activations = explainer._listen(model, inputs)
-    decoder = MaskDecoder([a.shape[1] for a in activations], hidden=8, upsample=upsample)
+    decoder = MaskDecoder([a.shape[1] for a in activations], hidden=8, upsample=upsample, fine_channels=fine_channels)
     with torch.no_grad():
         mask = decoder(activations, inputs.shape[-2:])
+    assert decoder.head[0].in_channels == (fine_channels or 8)
     assert mask.shape == inputs.shape
-    assert float(mask.min()) > 0 and float(mask.max()) < 1
+    assert float(mask.min()) >= 0 and float(mask.max()) <= 1  # a float32 sigmoid reaches 1 above a logit of ~17
     # each clip's mask is its own: the decoder mixes nothing across the batch
     with torch.no_grad():
         _, alone = explainer._listen(model, inputs[1:2])
@@ -152,7 +154,8 @@ def test_a_constant_mask_does_not_win_the_epoch_selection(trained, splits):
 
 @pytest.mark.parametrize("option,value", [("blocks", [-1, 3]), ("blocks", [5, 3]), ("blocks", [3, 7]), ("epochs", 0),
                                           ("lr", -1.0), ("area", 1.5), ("batch_size", 1), ("squash", "relu"),
-                                          ("out_loss", "mse"), ("upsample", "nearest")])
+                                          ("out_loss", "mse"), ("upsample", "nearest"),
+                                          ("fine_channels", 0)])
 def test_bad_settings_name_the_option(option, value):
     with pytest.raises(AudioInterpError, match=f"explainer.{option}"):
         Lmac(**{option: value})

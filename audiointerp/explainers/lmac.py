@@ -112,24 +112,32 @@ class MaskDecoder(nn.Module):
         hidden: channels of the decoder's own feature maps.
         squash: a key of :data:`SQUASHES`, the non-linearity that makes logits a mask.
         upsample: one of :data:`UPSAMPLING`.
+        fine_channels: channels of the finest level's maps and the head's (None: ``hidden``). On the
+            input's grid a 3x3 convolution costs F·T·9·c², and explaining is mostly those.
     """
 
     def __init__(self, channels: Sequence[int], hidden: int, squash: str = "sigmoid",
-                 upsample: str = "transposed") -> None:
+                 upsample: str = "transposed", fine_channels: int | None = None) -> None:
         super().__init__()
         self.squash, initial_logit = SQUASHES[squash]
-        self.lateral = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in channels)
-        self.up = nn.ModuleList(nn.ConvTranspose2d(hidden, hidden, 2, stride=2) if upsample == "transposed"
-                                else nn.Identity() for _ in channels[1:])
+        fine = fine_channels or hidden
+        width = [fine] + [hidden] * (len(channels) - 1)  # of each level's maps, shallow to deep
+        self.lateral = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(channels, width))
+        # before the last, finest step: from ``hidden`` channels to ``fine`` ones, on the coarser grid
+        self.narrow = nn.Conv2d(hidden, fine, 1) if fine != hidden and len(channels) > 1 else nn.Identity()
+        self.up = nn.ModuleList(nn.ConvTranspose2d(w, w, 2, stride=2) if upsample == "transposed"
+                                else nn.Identity() for w in width[:-1])
         self.interpolation = "nearest" if upsample == "transposed" else "bilinear"
-        self.refine = nn.ModuleList(nn.Sequential(_conv3x3(hidden, hidden), nn.ReLU()) for _ in channels[1:])
-        self.head = nn.Sequential(_conv3x3(hidden, hidden), nn.ReLU(), _conv3x3(hidden, 1))
+        self.refine = nn.ModuleList(nn.Sequential(_conv3x3(w, w), nn.ReLU()) for w in width[:-1])
+        self.head = nn.Sequential(_conv3x3(fine, fine), nn.ReLU(), _conv3x3(fine, 1))
         nn.init.constant_(self.head[-1].bias, initial_logit)
 
     def forward(self, activations: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
         x = self.lateral[-1](activations[-1])
         for level in range(len(activations) - 2, -1, -1):
             skip = self.lateral[level](activations[level])
+            if level == 0:
+                x = self.narrow(x)
             # to the skip's own size: pooling floors odd sizes, and a skip may be several levels finer
             x = _resize(self.up[level](x), skip.shape[-2:], self.interpolation)
             x = self.refine[level](torch.relu(x + skip))
@@ -154,6 +162,7 @@ class Lmac(Explainer):
         blocks: the layers whose outputs the decoder listens to (:func:`listened_layer`): 0 the
             classifier's normalised input, 1-6 Cnn14's conv blocks.
         hidden: the decoder's channels.
+        fine_channels: its channels on the finest grid (None: ``hidden``; :class:`MaskDecoder`).
         epochs, lr, batch_size: Adam on the training split.
         weight_in, weight_out, weight_area: the loss's weights (see the module's docstring).
         area: None for the published mean-mask term, else the share of bins each mask should keep.
@@ -172,14 +181,16 @@ class Lmac(Explainer):
     def __init__(self, blocks: Sequence[int] = (3, 4, 5, 6), hidden: int = 32, epochs: int = 10, lr: float = 1e-3,
                  batch_size: int = 16, weight_in: float = 4.0, weight_out: float = 0.2, weight_area: float = 0.4,
                  area: float | None = None, squash: str = "sigmoid", out_loss: str = "ce",
-                 upsample: str = "transposed", silence_level: float | None = SILENCE_DB, seed: int = 0,
-                 cache: bool = True, cache_dir: str = "data/model_cache") -> None:
+                 upsample: str = "transposed", fine_channels: int | None = None,
+                 silence_level: float | None = SILENCE_DB, seed: int = 0, cache: bool = True,
+                 cache_dir: str = "data/model_cache") -> None:
         blocks = list(blocks)
         if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or not 0 <= b <= 6 for b in blocks) \
                 or blocks != sorted(set(blocks)):
             raise AudioInterpError("explainer.blocks: expected increasing layer numbers in 0-6 (0: the normalised "
                                    f"input, 1-6: Cnn14's conv blocks), got {blocks!r}")
-        for option, value, minimum in (("hidden", hidden, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 2)):
+        for option, value, minimum in (("hidden", hidden, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 2),
+                                       *((("fine_channels", fine_channels, 1),) if fine_channels is not None else ())):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise AudioInterpError(f"explainer.{option}: expected an integer >= {minimum}, got {value!r}")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
@@ -197,6 +208,7 @@ class Lmac(Explainer):
         self.squash = squash
         self.out_loss = out_loss
         self.upsample = upsample
+        self.fine_channels = fine_channels
         self.epochs = epochs
         self.lr = float(lr)
         self.batch_size = batch_size
@@ -215,7 +227,7 @@ class Lmac(Explainer):
         return {"blocks": self.blocks, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
                 "batch_size": self.batch_size, "weights": list(self.weights), "area": self.area,
                 "squash": self.squash, "out_loss": self.out_loss, "upsample": self.upsample,
-                "silence_level": self.silence_level, "seed": self.seed,
+                "fine_channels": self.fine_channels, "silence_level": self.silence_level, "seed": self.seed,
                 "code": hashing.file_sha256(__file__)}
 
     def check(self, model: nn.Module) -> None:
@@ -258,7 +270,7 @@ class Lmac(Explainer):
             with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not the global generator
                 torch.manual_seed(self.seed)
                 self.decoder = MaskDecoder([a.shape[1] for a in activations], self.hidden, self.squash,
-                                           self.upsample).to(device)
+                                           self.upsample, self.fine_channels).to(device)
 
         def fit() -> None:
             new_decoder()
