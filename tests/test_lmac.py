@@ -72,7 +72,7 @@ def test_the_removal_terms_are_minus_ce_and_minus_log_of_the_class_being_gone():
 
 
 @pytest.mark.parametrize("settings", [{}, {"blocks": [0, 3, 4, 5, 6], "upsample": "bilinear", "out_loss": "bounded",
-                                                       "weight_area": 8.0}])
+                                           "weight_area": 16.0, "fine_channels": 16}])  # lmac, lmac_sparse
 def test_training_lowers_the_loss(trained, splits, settings):
     model, _, _ = trained
     train_inputs, train_labels, valid_inputs, valid_labels = splits

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from audiointerp import hashing, train
 from audiointerp.atomic import save_torch
-from audiointerp.errors import AudioInterpError
+from audiointerp.errors import AudioInterpError, expect_int
 from audiointerp.explainers.base import Explainer, model_device
 from audiointerp.masks import SILENCE_DB, apply_mask, make_masks
 from audiointerp.metrics import score
@@ -189,10 +189,10 @@ class Lmac(Explainer):
                 or blocks != sorted(set(blocks)):
             raise AudioInterpError("explainer.blocks: expected increasing layer numbers in 0-6 (0: the normalised "
                                    f"input, 1-6: Cnn14's conv blocks), got {blocks!r}")
-        for option, value, minimum in (("hidden", hidden, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 2),
-                                       *((("fine_channels", fine_channels, 1),) if fine_channels is not None else ())):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise AudioInterpError(f"explainer.{option}: expected an integer >= {minimum}, got {value!r}")
+        for option, value, minimum in (("hidden", hidden, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 2)):
+            expect_int(f"explainer.{option}", value, minimum)
+        if fine_channels is not None:
+            expect_int("explainer.fine_channels", fine_channels, 1)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise AudioInterpError(f"explainer.lr: expected a positive number, got {lr!r}")
         if area is not None and (isinstance(area, bool) or not isinstance(area, (int, float)) or not 0 < area < 1):
