@@ -15,6 +15,7 @@ the last batch writes the outputs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,8 +30,26 @@ from torch import Tensor
 
 from audiointerp.atomic import TEMPORARY_GLOB, atomic_path, file_lock, save_torch
 from audiointerp.errors import AudioInterpError, expect_int
+from audiointerp.hashing import sources_sha256
 
 log = logging.getLogger(__name__)
+
+#: The package folder whose ``.py`` files make up :func:`code_version`.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=4)
+def code_version(root: str | os.PathLike = PACKAGE_DIR) -> str:
+    """Hex sha256 over every ``.py`` file under the ``audiointerp`` package folder (by relative path,
+    :func:`audiointerp.hashing.sources_sha256`), computed once per process.
+
+    Part of a run's identity (:func:`run_sha256`): results are a function of the code as much as of
+    the config, so after an edit to, say, ``metrics.py`` a finished run is no longer "already
+    complete", and partial batches written by the old code are not mixed with the new code's.
+    """
+    root = Path(root)
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+    return sources_sha256(root, files)
 
 PARTIAL_DIR = ".partial"
 #: Held while a run's outputs are written, so two shards finishing together write them once.
@@ -72,9 +91,11 @@ class BatchStore:
 class DiskStore(BatchStore):
     """Batches as files under ``<run_dir>/.partial``, belonging to the run named by ``key``.
 
-    Partial results of another run (another config or model) in the folder are discarded with a
-    warning when ``alone`` (no other live process works in the folder: they are a dead run's);
-    otherwise they are a live run's, and this one is refused.
+    Partial results of another run (another config, model or :func:`code_version`) in the folder
+    are discarded with a warning when ``alone`` (no other live process works in the folder: they
+    are a dead run's); otherwise they are a live run's, and this one is refused. ``key`` already
+    covers the code version (it hashes :func:`run_sha256`); the manifest records it as well, so the
+    warning can say when an edit of the code is why.
     """
 
     def __init__(self, run_dir: Path, key: str, alone: bool = True) -> None:
@@ -84,18 +105,24 @@ class DiskStore(BatchStore):
         manifest = self.folder / "manifest.json"
         if self.folder.is_dir():
             try:
-                found = json.loads(manifest.read_text())["key"]
+                saved = json.loads(manifest.read_text())
+                found, found_code = saved["key"], saved.get("code_version")
             except (OSError, ValueError, KeyError, TypeError):
-                found = None
+                found, found_code = None, None
             if found != key and alone:
-                log.warning("%s: partial results of another configuration or model; discarding them", self.folder)
+                if found_code is not None and found_code != code_version():
+                    why = (f"another code version of audiointerp ({found_code[:12]}, now {code_version()[:12]}): "
+                           "the package's sources changed since they were written")
+                else:
+                    why = "another configuration or model"
+                log.warning("%s: partial results of %s; discarding them", self.folder, why)
                 shutil.rmtree(self.folder, ignore_errors=True)
             elif found is not None and found != key:
                 raise AudioInterpError(f"{Path(run_dir)}: another run with a different configuration or model is "
                                        "working in this folder; expected its shards to share both")
         if not manifest.is_file():
             with atomic_path(manifest) as tmp:
-                tmp.write_text(json.dumps({"key": key}) + "\n")
+                tmp.write_text(json.dumps({"key": key, "code_version": code_version()}) + "\n")
 
     def _path(self, index: int) -> Path:
         return self.folder / f"batch_{index:06d}.pt"
@@ -156,8 +183,11 @@ def run_sha256(config: dict[str, Any], inputs: dict[str, Any]) -> str:
         config: the resolved config; :data:`INPUT_PATH_KEYS` and :data:`NO_RESULT_KEYS` are left out.
         inputs: the content of what the input paths point at (the dataset's clips, a checkpoint's
             and a noise file's sha256), so a file changed in place makes the run new.
+
+    The package's :func:`code_version` is part of it too: an edit of the code makes the run new.
     """
-    identity = {"config": without_keys(config, INPUT_PATH_KEYS + NO_RESULT_KEYS), "inputs": inputs}
+    identity = {"config": without_keys(config, INPUT_PATH_KEYS + NO_RESULT_KEYS), "inputs": inputs,
+                "code_version": code_version()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 

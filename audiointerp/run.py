@@ -200,7 +200,7 @@ def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature,
                   else round(source.train_result.seconds_per_epoch, 2)}
     outputs.write_json(run_dir / "provenance.json", provenance)
     report = {
-        "run": identity, "run_sha256": fingerprint,
+        "run": identity, "run_sha256": fingerprint, "code_version": resume.code_version(),
         "split": cfg.split, "n_clips": len(clips), "class_names": list(clips.class_names), "clean_accuracy": clean_accuracy,
         "explained_accuracy": explained_accuracy, "device": str(device), "precision": cfg.precision,
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
