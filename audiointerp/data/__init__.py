@@ -43,9 +43,12 @@ class ClipSet:
 
     Attributes:
         waveforms: (N, samples) float32 in [-1, 1].
-        labels: (N,) int64 class indices.
-        clip_ids: N stable identifiers (file stems for real data).
-        class_names: names of all classes of the dataset, indexed by label.
+        labels: (N,) int64 class indices; -1 where the class is unknown (unlabelled data, see
+            ``Dataset.has_labels`` in :mod:`audiointerp.data.base`).
+        clip_ids: N stable identifiers (file stems for ESC-50, paths relative to the data folder
+            for ``data=folder``).
+        class_names: names of all classes of the dataset, indexed by label ([] when unlabelled
+            data names no classes).
         sample_rate: Hz of ``waveforms``.
         evidence: optional (N, 4) float32 boxes ``[t_start_s, t_end_s, f_low_hz, f_high_hz]`` of the
             class-defining event (synthetic data only; used to score localization).

@@ -9,7 +9,6 @@ marker file written only after the check tells later runs the copy is complete.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from audiointerp.atomic import atomic_path
 from audiointerp.data import SPLITS, ClipSet, audio, check_clips_per_class
 from audiointerp.data.audio import load_audio
+from audiointerp.data.base import Dataset, FileIdentity, balanced_selection, check_split
 from audiointerp.data.download import fetch, safe_extract_zip
 from audiointerp.errors import AudioInterpError
 from audiointerp.hashing import file_sha256
@@ -197,25 +197,7 @@ def _folds(option: str, folds: Iterable) -> tuple[int, ...]:
     return tuple(int(f) for f in values)
 
 
-Clip = tuple[Esc50Row, Path]
-
-
-def balanced_selection(clips: Sequence[Clip], per_class: int | None, limit: int | None) -> list[Clip]:
-    """The clips a split uses, class-balanced, in their original (csv) order.
-
-    Each class keeps its first ``per_class`` clips (all when None). Of those, ``limit`` (all when
-    None) are taken round-robin: every class's r-th clip, classes in target (= label) order,
-    before any class's (r+1)-th, so a limit of 20 on ESC-10 gives 2 clips of each of its 10 classes.
-    """
-    by_class: dict[int, list[int]] = {}  # target -> positions in ``clips``, csv order
-    for position, (row, _) in enumerate(clips):
-        by_class.setdefault(row.target, []).append(position)
-    ranked = sorted((rank, target, position) for target, positions in by_class.items()
-                    for rank, position in enumerate(positions[:per_class]))
-    return [clips[position] for position in sorted(position for _, _, position in ranked[:limit])]
-
-
-class ESC50:
+class ESC50(Dataset):
     """ESC-50 or ESC-10 clips, split by fold, loaded into memory one split at a time.
 
     Args:
@@ -225,7 +207,7 @@ class ESC50:
         duration_s: clip length; clips are cut or zero-padded to it.
         train_folds, valid_folds, test_folds: the folds (1-5) of each split; no fold may be in two.
         limit: at most ``limit`` clips per split, taken round-robin over the classes (see
-            :func:`balanced_selection`), or None for all.
+            :func:`audiointerp.data.base.balanced_selection`), or None for all.
         clips_per_class: split name -> the first N clips (csv order) of each class in that split,
             e.g. ``{"train": 6, "valid": 2, "test": 2}``; a split not named, or None, keeps all.
             Applied before ``limit``.
@@ -318,11 +300,12 @@ class ESC50:
             self.clip_files[split] = [(row, files[row.stem]) for row in split_rows if row.stem in files]
             self.missing_clip_ids[split] = [row.stem for row in split_rows if row.stem not in files]
             self._report_missing(split, len(split_rows))
-            self.clip_files[split] = balanced_selection(self.clip_files[split], self.clips_per_class.get(split),
-                                                        self.limit)
+            # Classes in target order, which is label order.
+            self.clip_files[split] = balanced_selection(self.clip_files[split], lambda clip: clip[0].target,
+                                                        self.clips_per_class.get(split), self.limit)
         self._check_lengths()
         self._identity: dict[tuple[str, ...], dict] = {}
-        self._file_hashes: dict[Path, str] = {}
+        self._files = FileIdentity()
 
     def _report_missing(self, split: str, n_selected: int) -> None:
         missing = self.missing_clip_ids[split]
@@ -358,23 +341,17 @@ class ESC50:
         for message in short:
             log.warning("%s; zero-padded to %g s because data.missing=skip", message, self.duration_s)
 
-    def training_identity(self) -> dict:
-        """What determines the train and valid clips as the model sees them (part of the model cache
-        key): :meth:`identity` of those splits. ``root``, ``missing`` and the test split are not in it."""
-        return self.identity(("train", "valid"))
-
     def identity(self, splits: tuple[str, ...] = SPLITS) -> dict:
         """What determines the clips of ``splits`` as the pipeline sees them: the clips actually used,
-        by id, label and the sha256 of their file's bytes, and how they are loaded; not ``root``."""
+        by id, label and the sha256 of their file's bytes, and how they are loaded; not ``root`` nor
+        ``missing`` (:meth:`training_identity` is this for train and valid)."""
         if splits not in self._identity:
-            digest = hashlib.sha256()
-            for split in splits:
-                for row, path in sorted(self.clip_files[split], key=lambda clip: clip[0].stem):
-                    label = self.label_of_target[row.target]
-                    digest.update(f"{split}\0{row.stem}\0{label}\0{self._file_sha256(path)}\n".encode())
+            clips_sha256 = self._files.clips_sha256(
+                (split, [(row.stem, self.label_of_target[row.target], path) for row, path in self.clip_files[split]])
+                for split in splits)
             self._identity[splits] = {
                 "dataset": "esc50", "subset": self.subset,
-                "clips_sha256": digest.hexdigest(),
+                "clips_sha256": clips_sha256,
                 "n_clips": {split: len(self.clip_files[split]) for split in splits},
                 "n_classes": self.n_classes, "sample_rate": self.sample_rate, "duration_s": self.duration_s,
                 "peak_normalise": self.peak_normalise,
@@ -382,11 +359,6 @@ class ESC50:
                 "loader_sha256": file_sha256(audio.__file__),
             }
         return dict(self._identity[splits])
-
-    def _file_sha256(self, path: Path) -> str:
-        if path not in self._file_hashes:  # a run asks for the train split twice: cache key, run identity
-            self._file_hashes[path] = file_sha256(path)
-        return self._file_hashes[path]
 
     def split_size(self, split: str) -> int:
         """How many clips ``load_split(split)`` returns."""
@@ -400,9 +372,7 @@ class ESC50:
             ClipSet with waveforms (N, round(duration_s * sample_rate)) float32, labels (N,) int64,
             clip ids = file stems.
         """
-        if split not in SPLITS:
-            raise AudioInterpError(f"split: expected one of {list(SPLITS)}, got {split!r}")
-        clips = self.clip_files[split]
+        clips = self.clip_files[check_split(split)]
         if not clips:
             raise AudioInterpError(f"data.{split}_folds {list(self.folds[split])}: no {SUBSET_NAMES[self.subset]} clips "
                                    f"of these folds in {self.root / 'audio'}")

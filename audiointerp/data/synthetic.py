@@ -20,6 +20,7 @@ import scipy.fft
 import torch
 
 from audiointerp.data import SPLITS, ClipSet, check_clips_per_class
+from audiointerp.data.base import Dataset, check_split
 from audiointerp.errors import AudioInterpError
 from audiointerp.hashing import file_sha256
 
@@ -264,7 +265,7 @@ def _as_range(option: str, value, cast: type) -> tuple:
     return low, high
 
 
-class SyntheticClips:
+class SyntheticClips(Dataset):
     """Synthetic dataset: one class-defining time–frequency event per clip over noise.
 
     Args:
@@ -341,18 +342,14 @@ class SyntheticClips:
     def clip_samples(self) -> int:
         return int(round(self.duration_s * self.sample_rate))
 
-    def training_identity(self) -> dict:
-        """What determines the train and valid clips (part of the model cache key): :meth:`identity`
-        of those splits.
-
-        Each split draws from its own generators, seeded by (seed, split, clip index), so the test
-        count changes no train or valid clip and is left out.
-        """
-        return self.identity(("train", "valid"))
-
     def identity(self, splits: tuple[str, ...] = SPLITS) -> dict:
         """What determines the clips of ``splits``: the generator's settings and its source (a change
-        to how clips are drawn changes them without any setting changing)."""
+        to how clips are drawn changes them without any setting changing).
+
+        Each split draws from its own generators, seeded by (seed, split, clip index), so the count of
+        a split not asked for changes no clip and is left out (:meth:`training_identity` leaves the
+        test count out of the model cache key).
+        """
         return {
             "dataset": "synthetic", "generator_sha256": file_sha256(__file__),
             "sample_rate": self.sample_rate, "duration_s": self.duration_s, "n_classes": self.n_classes,
@@ -374,9 +371,7 @@ class SyntheticClips:
         labels (N,) int64 balanced over classes, and evidence (N, 4) float32 boxes
         ``[t_start_s, t_end_s, f_low_hz, f_high_hz]`` of each clip's class event.
         """
-        if split not in SPLITS:
-            raise AudioInterpError(f"split: expected one of {list(SPLITS)}, got {split!r}")
-        if split not in self.clips_per_class:
+        if check_split(split) not in self.clips_per_class:
             raise AudioInterpError(f"data.clips_per_class: has no entry for split {split!r}")
         split_index = SPLITS.index(split)
         per_class = self.clips_per_class[split]
