@@ -9,15 +9,30 @@ import pytest
 import torch
 
 from audiointerp.masks import make_masks
-from audiointerp.metrics import METRIC_NAMES, entropy, gini, score
+from audiointerp.metrics import FAITHFULNESS_NAMES, METRIC_NAMES, entropy, faithfulness, gini, score
 
 
 def _close(actual: torch.Tensor, expected: list[float], atol: float = 1e-5) -> None:
     torch.testing.assert_close(actual, torch.tensor(expected, dtype=torch.float32), atol=atol, rtol=1e-6)
 
 
-def test_metric_names():
-    assert METRIC_NAMES == ("FF", "AI", "AD", "AG", "FidIn", "SPS", "COMP")
+def test_score_gives_every_metric_name_in_order_one_float32_per_clip():
+    """What ``METRIC_NAMES`` promises its readers (the CSV columns, the report): ``score`` returns
+    exactly those metrics, in that order, one value per clip; the faithfulness ones are
+    :func:`faithfulness`'s and the complexity ones the mask's Gini index and entropy."""
+    generator = torch.Generator().manual_seed(0)
+    p, p_masked, p_unmasked = (torch.softmax(torch.randn(4, 3, generator=generator), dim=1) for _ in range(3))
+    mask = torch.rand(4, 1, 5, 6, generator=generator)
+    result = score(p, p_masked, p_unmasked, mask)
+    assert tuple(result) == METRIC_NAMES
+    assert all(v.shape == (4,) and v.dtype == torch.float32 for v in result.values())
+    assert set(FAITHFULNESS_NAMES) | {"SPS", "COMP"} == set(METRIC_NAMES) and len(METRIC_NAMES) == 7
+    heard = faithfulness(p, p_masked, p_unmasked)
+    assert tuple(heard) == FAITHFULNESS_NAMES
+    for name in FAITHFULNESS_NAMES:
+        torch.testing.assert_close(result[name], heard[name])
+    torch.testing.assert_close(result["SPS"], gini(mask))
+    torch.testing.assert_close(result["COMP"], entropy(mask))
 
 
 def test_faithfulness_metrics_on_a_hand_table():
