@@ -180,3 +180,42 @@ def test_sample_rate_mismatch_and_no_noise(clips):
     with pytest.raises(AudioInterpError, match="noise.sample_rate"):
         GeneratedWhiteNoise(alpha=0.6, seed=0, sample_rate=16000)(clips)
     assert NoNoise().name == "none" and NoNoise()(clips) is clips
+
+
+def longest_zero_run(signal: torch.Tensor) -> int:
+    """Length of the longest stretch of exactly-zero samples in a (samples,) signal."""
+    longest = current = 0
+    for is_zero in (signal == 0).tolist():
+        current = current + 1 if is_zero else 0
+        longest = max(longest, current)
+    return longest
+
+
+@pytest.mark.parametrize("name", ["horse", "room"])
+def test_a_recorded_noise_is_looped_over_clips_longer_than_it(name, clips, shared_data, tmp_path):
+    """12 s clips and a 5 s recording: the noise repeats the whole recording, with no silent tail."""
+    path = shared_data / "noises" / NOISE_FILES[name]
+    recording = load_audio(path, 32000, None, False)  # the whole file, stereo downmixed
+    assert recording.shape[-1] == 5 * 32000
+    long_clips = ClipSet(waveforms=torch.cat([clips.waveforms] * 3, dim=-1)[:, :12 * 32000], labels=clips.labels,
+                         clip_ids=clips.clip_ids, class_names=clips.class_names, sample_rate=32000)
+    noise = FileNoise(name, url="http://127.0.0.1:1/unused.wav", sha256=None, path=str(path), sample_rate=32000,
+                      cache_dir=str(tmp_path / "cache"))
+    looped = noise.noise(12 * 32000)
+    assert looped.shape == (12 * 32000,) and longest_zero_run(looped) < 10
+    length = recording.shape[-1]
+    torch.testing.assert_close(looped[:length], recording, rtol=0, atol=0)
+    torch.testing.assert_close(looped[length:2 * length], recording, rtol=0, atol=0)
+    torch.testing.assert_close(looped[2 * length:], recording[:12 * 32000 - 2 * length], rtol=0, atol=0)
+    # A shorter clip gets the recording's start.
+    torch.testing.assert_close(noise.noise(32000), recording[:32000], rtol=0, atol=0)
+    contaminated = noise(long_clips)
+    torch.testing.assert_close(contaminated.waveforms, mix(long_clips.waveforms, looped, 0.6))
+    # The clips' last seconds, past the recording's end, are mixed with noise too.
+    tail = slice(10 * 32000, None)
+    assert not torch.allclose(contaminated.waveforms[:, tail], peak_normalise(long_clips.waveforms)[:, tail], atol=1e-2)
+
+
+def test_the_noise_configs_have_no_duration_option():
+    for name in ("white", "room", "horse"):
+        assert "duration_s" not in noise_config(name, [])

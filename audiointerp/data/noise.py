@@ -17,7 +17,7 @@ from hydra.utils import to_absolute_path
 from torch import Tensor
 
 from audiointerp.data import ClipSet
-from audiointerp.data.audio import fit_length, load_audio, peak_normalise
+from audiointerp.data.audio import load_audio, peak_normalise
 from audiointerp.data.download import fetch, verify_file
 from audiointerp.errors import AudioInterpError
 from audiointerp.hashing import file_sha256
@@ -76,6 +76,22 @@ def mix(clips: Tensor, noise: Tensor, alpha: float) -> Tensor:
     return peak_normalise(rms_weighted_mix(clips, noise, alpha))
 
 
+def loop_to_length(waveform: Tensor, n_samples: int) -> Tensor:
+    """A recording fitted to ``n_samples`` without silence: repeated end to start while shorter,
+    then cut, so a clip longer than the noise is noisy throughout (zero-padding would leave its end
+    clean, and a mask there would look like it removed no noise).
+
+    Args:
+        waveform: (samples,) with samples >= 1.
+    Returns:
+        (n_samples,); sample i is ``waveform[i % samples]``.
+    """
+    if waveform.shape[-1] == 0:
+        raise ValueError("cannot loop an empty recording")
+    repeats = -(-n_samples // waveform.shape[-1])
+    return waveform.repeat(max(repeats, 1))[:n_samples]
+
+
 class _NoiseMixer:
     """Shared by the noises: check the clips' sample rate, build the noise, mix."""
 
@@ -118,6 +134,10 @@ class _NoiseMixer:
 class FileNoise(_NoiseMixer):
     """``noise=white|room|horse``: a recorded noise, fetched once and checked against its sha256.
 
+    The whole recording is read and fitted to the clips' length by :func:`loop_to_length`: a
+    recording shorter than the clips is repeated, a longer one cut, so every sample of a clip of
+    any length gets noise.
+
     Args:
         name: what the noise is called in results ("white", "room", "horse").
         url: where the noise file is downloaded from; the file name is kept in ``cache_dir``.
@@ -127,23 +147,18 @@ class FileNoise(_NoiseMixer):
         path_sha256: expected hash of ``path``, or None for no check.
         alpha: the clip's share of the mix, in (0, 1].
         sample_rate: Hz of the clips (the noise is downmixed and resampled to it).
-        duration_s: how much of the noise file is read (cut or zero-padded); the noise is then
-            fitted to the clips' length the same way.
         cache_dir: where downloaded noise files are kept (relative to the launch folder).
     """
 
     def __init__(self, name: str, url: str, sha256: str | None, path: str | None = None,
                  path_sha256: str | None = None, alpha: float = 0.6, sample_rate: int = 32000,
-                 duration_s: float = 5.0, cache_dir: str = "data/noises") -> None:
+                 cache_dir: str = "data/noises") -> None:
         super().__init__(alpha, sample_rate)
-        if isinstance(duration_s, bool) or not isinstance(duration_s, Real) or duration_s <= 0:
-            raise AudioInterpError(f"noise.duration_s: expected a positive number of seconds, got {duration_s!r}")
         self.name = name
         self.url = url
         self.sha256 = sha256
         self.path = path
         self.path_sha256 = path_sha256
-        self.duration_s = float(duration_s)
         self.cache_dir = cache_dir
         self._waveform: Tensor | None = None
 
@@ -167,9 +182,13 @@ class FileNoise(_NoiseMixer):
     def noise(self, n_samples: int) -> Tensor:
         if self._waveform is None:
             path = self.noise_file()
-            self._waveform = load_audio(path, self.sample_rate, self.duration_s, peak_normalise=False)
-            log.info("noise %s: %s, alpha %.2f", self.name, path, self.alpha)
-        return fit_length(self._waveform, n_samples)
+            waveform = load_audio(path, self.sample_rate, None, peak_normalise=False)
+            if waveform.shape[-1] == 0:
+                raise AudioInterpError(f"{path}: the noise {self.name} has no samples; expected a recording")
+            self._waveform = waveform
+            log.info("noise %s: %s (%.2f s), alpha %.2f", self.name, path, waveform.shape[-1] / self.sample_rate,
+                     self.alpha)
+        return loop_to_length(self._waveform, n_samples)
 
 
 class GeneratedWhiteNoise(_NoiseMixer):
