@@ -115,8 +115,9 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
                       eval_batch_size: int, device: torch.device, ties: str = "keep", n_examples: int = 0,
                       on_example: Callable[[Example], None] | None = None,
                       audio_metrics: bool = False, store: BatchStore | None = None,
-                      batches: range | None = None, channels_last: bool = False) -> RunResults | None:
-    """Explain every clip for its predicted class and score each mask.
+                      batches: range | None = None, channels_last: bool = False,
+                      targets: Tensor | None = None) -> RunResults | None:
+    """Explain every clip for its predicted class (or ``targets``) and score each mask.
 
     The attribution of a clip is computed once and reused for all masks. ``on_example`` receives
     the first ``n_examples`` clips with their inverted audio (for writing WAVs and plots).
@@ -133,6 +134,9 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
 
     ``channels_last``: the forward-only passes that classify the clips and their masked copies run
     with the model channels-last (:func:`audiointerp.models.channels_last`); the explainer's do not.
+
+    ``targets``: (N,) int64, the class each clip's attribution explains instead of the predicted one
+    (:func:`audiointerp.explain`'s ``target``); the metrics still score the predicted class.
     """
     store = BatchStore() if store is None else store
     n_batches = -(-len(clips) // batch_size)
@@ -149,7 +153,8 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
         batch = _explain_batch(model, explainer, feature, clips, start, min(start + batch_size, len(clips)),
                                mask_names=mask_names, silence_level=silence_level, ties=ties,
                                eval_batch_size=eval_batch_size, device=device, n_examples=n_examples,
-                               on_example=on_example, audio_metrics=audio_metrics, channels_last=channels_last)
+                               on_example=on_example, audio_metrics=audio_metrics, channels_last=channels_last,
+                               targets=None if targets is None else targets[start:start + batch_size])
         store.save(b, batch)
         progress.update(len(batch.probabilities))
     progress.close()
@@ -177,7 +182,7 @@ def _gather(batches: list[BatchResults], n_clips: int, audio_metrics: bool) -> R
 def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipSet, start: int, stop: int, *,
                    mask_names: list[str], silence_level: float | None, ties: str, eval_batch_size: int,
                    device: torch.device, n_examples: int, on_example: Callable[[Example], None] | None,
-                   audio_metrics: bool, channels_last: bool = False) -> BatchResults:
+                   audio_metrics: bool, channels_last: bool = False, targets: Tensor | None = None) -> BatchResults:
     """Clips ``[start, stop)``: explain, mask, evaluate, score; the examples among them go to ``on_example``."""
     waveforms = clips.waveforms[start:stop].to(device)
     spectrogram = feature(waveforms)
@@ -185,7 +190,8 @@ def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipS
     # The one forward of the clips as they are: the explained class and the metrics' reference.
     with models.channels_last(model, channels_last):
         p = _probabilities(model, log_db, eval_batch_size)
-    target = p.argmax(dim=1).clone()  # a normal tensor: explainers use it inside autograd graphs
+    # a normal tensor: explainers use it inside autograd graphs
+    target = p.argmax(dim=1).clone() if targets is None else targets.to(device=device, dtype=torch.long)
     evidence = None if clips.evidence is None else evidence_mask(
         clips.evidence[start:stop], feature, log_db.shape[-1])  # (B, 1, F, T) bool, CPU
     context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
