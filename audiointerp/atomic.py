@@ -23,14 +23,26 @@ TEMPORARY_GLOB = ".*.tmp*"
 
 
 def _umask() -> int:
+    """The process's umask, read when a file is written, not at import (importing changes nothing).
+
+    Linux reports it in /proc/self/status, so it is read without being changed; elsewhere it is
+    set and restored, which another thread creating a file at that instant could see.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-#: Result files get the permissions of any file the user creates (0644 under the usual umask 022);
-#: mkstemp's 0600 would hide results from the group that shares a cluster's project folder.
-FILE_MODE = 0o666 & ~_umask()
+def file_mode() -> int:
+    """Result files get the permissions of any file the user creates (0644 under the usual umask 022);
+    mkstemp's 0600 would hide results from the group that shares a cluster's project folder."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -48,7 +60,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():
-            os.chmod(tmp, FILE_MODE)
+            os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     except OSError as error:
         tmp.unlink(missing_ok=True)

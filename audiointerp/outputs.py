@@ -181,31 +181,39 @@ class ExampleWriter:
             self._plot(folder / f"{name}.png", example, name)
 
     def _plot(self, path: Path, example: Example, mask_name: str) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         log_db = example.log_db[0].numpy()
-        masked = example.masked[mask_name][0].numpy()
-        mask = example.masks[mask_name][0].numpy()
-        n_bins, n_frames = log_db.shape
-        frequencies = self.feature.bin_frequencies().cpu().numpy()
-        duration = float(self.feature.frame_times(n_frames)[-1])
         vmin, vmax = np.percentile(log_db, 1), log_db.max()
-        figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True, constrained_layout=True)
-        panels = [("input (dB)", log_db, dict(vmin=vmin, vmax=vmax, cmap="magma")),
-                  (f"mask: {mask_name}", mask, dict(vmin=0.0, vmax=1.0, cmap="viridis")),
-                  ("masked input (dB)", masked, dict(vmin=vmin, vmax=vmax, cmap="magma"))]
-        ticks = np.linspace(0, n_bins - 1, 6).round().astype(int)
-        for axis, (title, image, style) in zip(axes, panels):
-            shown = axis.imshow(image, origin="lower", aspect="auto", extent=(0, duration, -0.5, n_bins - 0.5), **style)
-            axis.set_title(title)
-            axis.set_xlabel("time (s)")
-            figure.colorbar(shown, ax=axis)
-        axes[0].set_yticks(ticks, [f"{frequencies[t]:.0f}" for t in ticks])
-        axes[0].set_ylabel("frequency (Hz)")
-        figure.suptitle(example.clip_id)
+        figure = spectrogram_figure(self.feature, [
+            ("input (dB)", log_db, dict(vmin=vmin, vmax=vmax, cmap="magma")),
+            (f"mask: {mask_name}", example.masks[mask_name][0].numpy(), dict(vmin=0.0, vmax=1.0, cmap="viridis")),
+            ("masked input (dB)", example.masked[mask_name][0].numpy(), dict(vmin=vmin, vmax=vmax, cmap="magma"))],
+            title=example.clip_id)
         with atomic_path(path) as tmp:
             figure.savefig(tmp, dpi=80)
-        plt.close(figure)
+
+
+def spectrogram_figure(feature, panels: list[tuple[str, np.ndarray, dict[str, Any]]], title: str):
+    """A matplotlib Figure of (F, T) images side by side on ``feature``'s time and frequency axes.
+
+    ``panels``: (title, (F, T) array, ``imshow`` keywords) each. The Figure is made without pyplot
+    (its own Agg canvas), so drawing or saving it sets no global backend and leaves no figure open.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_bins, n_frames = panels[0][1].shape
+    frequencies = feature.bin_frequencies().cpu().numpy()
+    duration = float(feature.frame_times(n_frames)[-1])
+    figure = Figure(figsize=(5 * len(panels), 4), constrained_layout=True)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    ticks = np.linspace(0, n_bins - 1, 6).round().astype(int)
+    for axis, (name, image, style) in zip(axes, panels):
+        shown = axis.imshow(image, origin="lower", aspect="auto", extent=(0, duration, -0.5, n_bins - 0.5), **style)
+        axis.set_title(name)
+        axis.set_xlabel("time (s)")
+        figure.colorbar(shown, ax=axis)
+    axes[0].set_yticks(ticks, [f"{frequencies[t]:.0f}" for t in ticks])
+    axes[0].set_ylabel("frequency (Hz)")
+    figure.suptitle(title)
+    return figure

@@ -24,13 +24,26 @@ LISTENING_RMS_DB = -23.0
 _PEAK = 0.99
 
 
-def _figure_settings():
-    import matplotlib
+class _Figures:
+    """``subplots`` and ``close`` as pyplot has them, without pyplot: each Figure gets its own Agg
+    canvas, so writing a report sets no global matplotlib backend and leaves no figure open."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(*args, figsize=None, constrained_layout=False, **kwargs):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-    return plt
+        figure = Figure(figsize=figsize, constrained_layout=constrained_layout)
+        FigureCanvasAgg(figure)
+        return figure, figure.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(figure) -> None:
+        """Nothing to release: no pyplot registry holds the figure."""
+
+
+def _figure_settings() -> _Figures:
+    return _Figures()
 
 
 def _save(figure, path: Path) -> None:
