@@ -52,5 +52,11 @@ class Explainer:
         """inputs (B, 1, F, T), target (B,) class indices -> attribution (B, 1, F, T)."""
         raise NotImplementedError
 
+    def clip_diagnostics(self) -> dict[str, Tensor]:
+        """Per-clip checks of the last :meth:`attribute` call, ``{column: (B,) float}``, that a run
+        writes beside its scores (``clip_scores.csv``); none by default. Integrated Gradients
+        reports how far its attributions miss completeness (``ig_completeness_error``)."""
+        return {}
+
     def __repr__(self) -> str:
         return type(self).__name__
