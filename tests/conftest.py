@@ -171,3 +171,51 @@ def trained():
                        epochs=40, lr=1e-3, batch_size=32, device=CPU, seed=0)
     assert result.best_valid_accuracy >= 0.75, result.history
     return model.eval(), feature, splits["test"]
+
+
+# --- your own audio: an ESC-10 class-subfolder tree at several rates and lengths -------------------
+
+
+@pytest.fixture(scope="session")
+def esc10_folder(esc50_root: Path):
+    """``esc10_folder(folder, classes=3, per_class=6, rates=(16000, 44100), durations=(3.0, 7.0)) -> folder``:
+    a ``data=folder`` tree ``folder/<category>/<stem>.wav|.flac`` of real ESC-10 clips.
+
+    The first ``classes`` ESC-10 classes (by ESC-50 target) and the first ``per_class`` clips of each
+    that the shared copy has (csv order); clip i of a class is resampled to ``rates[i % len(rates)]``,
+    made ``durations[i % len(durations)]`` seconds long (cut, or looped from its start: real sound,
+    no silence) and written as 16-bit WAV (even i) or FLAC (odd i). The folders are the ESC-50
+    category names (dog, rooster, rain for 3 classes), so ``data=folder`` labels them in name order
+    (dog 0, rain 1, rooster 2), not in ESC-50 target order.
+    """
+    import csv as csv_module
+
+    import numpy as np
+    import soundfile
+    import soxr
+
+    with open(esc50_root / "meta" / "esc50.csv", newline="") as handle:
+        rows = [row for row in csv_module.DictReader(handle) if row["esc10"] == "True"]
+    present = {path.stem for path in (esc50_root / "audio").glob("*.flac")}
+
+    def make(folder: Path, classes: int = 3, per_class: int = 6, rates=(16000, 44100),
+             durations=(3.0, 7.0)) -> Path:
+        targets = sorted({int(row["target"]) for row in rows})[:classes]
+        assert len(targets) == classes, f"ESC-10 has {len(targets)} classes, asked for {classes}"
+        for target in targets:
+            stems = [Path(row["filename"]).stem for row in rows
+                     if int(row["target"]) == target and Path(row["filename"]).stem in present][:per_class]
+            assert len(stems) == per_class, f"only {len(stems)} clips of ESC-50 target {target} in {esc50_root}"
+            category = next(row["category"] for row in rows if int(row["target"]) == target)
+            (folder / category).mkdir(parents=True, exist_ok=True)
+            for i, stem in enumerate(stems):
+                samples, rate = soundfile.read(esc50_root / "audio" / f"{stem}.flac", dtype="float32")
+                new_rate, duration = rates[i % len(rates)], durations[i % len(durations)]
+                resampled = soxr.resample(samples, rate, new_rate)
+                n_samples = int(round(duration * new_rate))
+                fitted = np.resize(resampled, n_samples)  # repeats the clip from its start when longer
+                suffix = ".wav" if i % 2 == 0 else ".flac"
+                soundfile.write(folder / category / f"{stem}{suffix}", fitted, new_rate, subtype="PCM_16")
+        return folder
+
+    return make
