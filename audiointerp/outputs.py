@@ -4,6 +4,9 @@ Layout under the run directory:
     metrics/<mask>.csv      one row per clip
     localization.csv        one row per clip: the attribution against the ground-truth evidence
                             (only for data with evidence)
+    clip_scores.csv         one row per clip: scores of the attribution that need no mask,
+                            deletion_auc and insertion_auc (its ranking, audiointerp.curves), and
+                            ig_completeness_error where Integrated Gradients ran
     sanity.csv              one row per clip and randomisation step (only with sanity=true)
     summary.csv             mean of each metric per mask, and how degenerate the mask's scores are
     attributions.npz        all attributions with clip ids, labels, predictions
@@ -25,6 +28,7 @@ import numpy as np
 from scipy.io import wavfile
 
 from audiointerp.atomic import atomic_path
+from audiointerp.curves import CURVE_NAMES
 from audiointerp.data import ClipSet
 from audiointerp.localization import ATTRIBUTION_SCORE_NAMES, MASK_SCORE_NAMES
 from audiointerp.metrics import AUDIO_METRIC_NAMES, MASK_STATISTIC_NAMES, METRIC_NAMES, collapse
@@ -35,12 +39,16 @@ CLIP_COLUMNS = ("sample", "clip_id", "label", "predicted", "is_correct")
 #: localisation scores (binary masks on data with evidence) and the ``_audio`` metrics
 #: (audio_metrics=true) are written only where computed: absent, not zero, elsewhere.
 SCORE_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES, *PREDICTION_COLUMNS)
+#: Per-clip scores of the attribution itself, in clip_scores.csv, in this order where computed: the
+#: deletion and insertion areas (every run) and IG's completeness error (explainer=integrated_gradients).
+CLIP_SCORE_NAMES = (*CURVE_NAMES, "ig_completeness_error")
 #: summary.csv: per mask, the mean of each score column but the predictions (NaN-skipping for
 #: localisation scores, which are undefined on some clips), the share of ``degenerate`` masks, the
 #: share of clips on the most common class of the masked / complementary inputs, and the means of
-#: the attribution's localisation scores (the same in every row: they come before any mask).
+#: the attribution's localisation scores and of its ``CLIP_SCORE_NAMES`` (the same in every row:
+#: they come before any mask).
 SUMMARY_COLUMNS = ("mask", *METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES,
-                   "collapse_masked", "collapse_unmasked", *ATTRIBUTION_SCORE_NAMES)
+                   "collapse_masked", "collapse_unmasked", *ATTRIBUTION_SCORE_NAMES, *CLIP_SCORE_NAMES)
 #: What a run is, first in summary.csv and under "run" in run.json, so results can be gathered
 #: without parsing Hydra's overrides: the config group choices, the silence level, the seed.
 RUN_COLUMNS = ("explainer", "feature", "data", "noise", "mask_set", "silence_level", "seed")
@@ -89,6 +97,24 @@ def write_localization(run_dir: Path, clips: ClipSet, results: RunResults) -> Pa
     return path
 
 
+def write_clip_scores(run_dir: Path, clips: ClipSet, results: RunResults) -> Path | None:
+    """clip_scores.csv: the ``CLIP_SCORE_NAMES`` computed, per clip; nothing when none were."""
+    columns = [c for c in CLIP_SCORE_NAMES if c in results.clip_scores]
+    if not columns:
+        return None
+    values = {c: results.clip_scores[c].tolist() for c in columns}
+    rows = [_clip_cells(clips, results, i) + [_number(values[c][i]) for c in columns] for i in range(len(clips))]
+    path = Path(run_dir) / "clip_scores.csv"
+    _write_csv(path, [*CLIP_COLUMNS, *columns], rows)
+    return path
+
+
+def clip_score_means(results: RunResults) -> dict[str, float]:
+    """Mean of each of the run's ``CLIP_SCORE_NAMES`` over the clips where it is defined (an IG clip
+    whose logit does not change has no completeness error)."""
+    return {c: _mean(results.clip_scores[c], skip_nan=True) for c in CLIP_SCORE_NAMES if c in results.clip_scores}
+
+
 def _mean(values, skip_nan: bool) -> float:
     values = values.double()
     return (values.nanmean() if skip_nan else values.mean()).item()
@@ -102,7 +128,7 @@ def localization_means(results: RunResults) -> dict[str, float]:
 def summarise(results: RunResults) -> dict[str, dict[str, float]]:
     """{mask: {column of SUMMARY_COLUMNS but "mask": value}} for the columns computed, what
     summary.csv and run.json hold."""
-    attribution_level = localization_means(results)
+    attribution_level = {**localization_means(results), **clip_score_means(results)}
     summary = {}
     for mask_name, per_metric in results.metrics.items():
         row = {c: _mean(per_metric[c], skip_nan=c in MASK_SCORE_NAMES) for c in _MEAN_COLUMNS if c in per_metric}

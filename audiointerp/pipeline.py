@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from audiointerp import models
+from audiointerp import curves, models
 from audiointerp.data import ClipSet
 from audiointerp.explainers import Explainer
 from audiointerp.features import Spectrogram
@@ -68,6 +68,9 @@ class RunResults:
     metrics: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     localization: dict[str, Tensor] = field(default_factory=dict)
     audio_seconds_per_clip: float | None = None
+    #: {column: (N,) float32}: scores of the attribution itself, no mask: ``curves.CURVE_NAMES``
+    #: (its ranking) and the explainer's ``clip_diagnostics`` (IG's ``ig_completeness_error``).
+    clip_scores: dict[str, Tensor] = field(default_factory=dict)
 
 
 def log_spectrograms(feature, waveforms: Tensor, batch_size: int, device: torch.device,
@@ -176,6 +179,7 @@ def _gather(batches: list[BatchResults], n_clips: int, audio_metrics: bool) -> R
                  for name, cols in columns.items()},
         localization={c: torch.cat([b.localization[c] for b in batches]) for c in batches[0].localization},
         audio_seconds_per_clip=audio_seconds / n_clips if audio_metrics and n_clips else None,
+        clip_scores={c: torch.cat([b.clip_scores[c] for b in batches]) for c in batches[0].clip_scores},
     )
 
 
@@ -197,6 +201,7 @@ def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipS
     context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
     # float32 whatever precision the model's passes run in (bf16 under precision=bf16)
     attribution = explainer.attribute(model, log_db, target, **context).detach().float()
+    clip_scores = {c: v.detach().float().cpu() for c, v in explainer.clip_diagnostics().items()}
     masks = make_masks(attribution, mask_names, ties=ties)
 
     pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
@@ -224,13 +229,16 @@ def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipS
             columns.update({f"{m}_audio": heard[m] for m in FAITHFULNESS_NAMES})
         metric_columns[name] = {column: values.cpu() for column, values in columns.items()}
     localization = {} if evidence is None else {c: v.cpu() for c, v in attribution_scores(attribution, evidence).items()}
+    with models.channels_last(model, channels_last):  # the attribution's ranking, no mask: curves.py
+        ranked = curves.curves(model, log_db, attribution, target, p, silence_level, eval_batch_size)
+    clip_scores = {**{c: ranked[c] for c in curves.CURVE_NAMES}, **clip_scores}
 
     if on_example is not None:
         for offset in range(min(len(log_db), n_examples - start)):
             on_example(_example(feature, spectrogram, waveforms, offset, start + offset,
                                 clips.clip_ids[start + offset], masks, pairs))
-    return BatchResults(attribution=attribution.cpu(), probabilities=p.cpu(),
-                        metrics=metric_columns, localization=localization, audio_seconds=audio_seconds)
+    return BatchResults(attribution=attribution.cpu(), probabilities=p.cpu(), metrics=metric_columns,
+                        localization=localization, audio_seconds=audio_seconds, clip_scores=clip_scores)
 
 
 def _example(feature, spectrogram, waveforms: Tensor, offset: int, index: int, clip_id: str,

@@ -62,14 +62,16 @@ OCCUPIED_LOCK = ".run.lock"
 @dataclass
 class BatchResults:
     """One batch's share of ``pipeline.RunResults``: attribution (B, 1, F, T), probabilities (B, C),
-    metrics {mask: {column: (B,)}}, localization {score: (B,)} (empty without evidence), and the
-    seconds the audio-domain metrics took (0 when off)."""
+    metrics {mask: {column: (B,)}}, localization {score: (B,)} (empty without evidence), the
+    seconds the audio-domain metrics took (0 when off), and clip_scores {column: (B,)} (the
+    attribution's deletion and insertion areas, and what the explainer reports per clip)."""
 
     attribution: Tensor
     probabilities: Tensor
     metrics: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     localization: dict[str, Tensor] = field(default_factory=dict)
     audio_seconds: float = 0.0
+    clip_scores: dict[str, Tensor] = field(default_factory=dict)
 
 
 class BatchStore:
@@ -132,7 +134,8 @@ class DiskStore(BatchStore):
 
     def save(self, index: int, batch: BatchResults) -> None:
         payload = {"attribution": batch.attribution, "probabilities": batch.probabilities, "metrics": batch.metrics,
-                   "localization": batch.localization, "audio_seconds": batch.audio_seconds}
+                   "localization": batch.localization, "audio_seconds": batch.audio_seconds,
+                   "clip_scores": batch.clip_scores}
         save_torch(payload, self._path(index))
 
     def load(self, index: int) -> BatchResults:

@@ -183,6 +183,7 @@ def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature,
 
     outputs.write_metrics(run_dir, clips, results)
     outputs.write_localization(run_dir, clips, results)
+    outputs.write_clip_scores(run_dir, clips, results)
     per_mask = outputs.summarise(results)
     identity = {"explainer": choices.get("explainer"), "feature": choices.get("feature"), "data": choices.get("data"),
                 "noise": choices.get("noise"), "mask_set": choices.get("mask"), "silence_level": cfg.mask.silence_level,
@@ -209,6 +210,7 @@ def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature,
         # after the sanity checks, which randomise the model in place and restore it: a check that it did
         "model_sha256": train.fingerprint(model),
         "localization": outputs.localization_means(results) or None,
+        "clip_scores": outputs.clip_score_means(results) or None,
         "sanity": sanity_summary, "sanity_lines": sanity_lines or None,
     }
     # from the checkpoint's metadata: the same whether trained here, resumed or taken from the cache
