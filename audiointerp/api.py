@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from audiointerp.data.audio import load_audio
 from audiointerp.errors import AudioInterpError, build, expect_int
 from audiointerp.explainers import Explainer
 from audiointerp.metrics import MASK_STATISTIC_NAMES, METRIC_NAMES
-from audiointerp.models import PRECISIONS, build_model, check_precision
+from audiointerp.models import PRECISIONS, check_precision
 
 #: The configuration folder ``python -m audiointerp.run`` composes from (the repository's ``conf/``).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -293,69 +292,42 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _load_model(model: ModelInput, setup: _Setup) -> tuple[nn.Module, dict[str, Any]]:
-    """``model`` as a network taking the feature's (B, 1, F, T) dB spectrograms, in eval mode; and the
-    data settings it was trained with ({} unless it is one of our model.pt files).
+    """``model`` as the project's :class:`~audiointerp.models.base.Classifier` (taking the feature's
+    (B, 1, F, T) dB spectrograms), in eval mode; and the data settings it was trained with ({} unless
+    it is one of our model.pt files, whose feature must be the one composed)."""
+    from audiointerp.models import as_classifier, is_torchscript_file
 
-    An ``nn.Module`` is used as it is; a path is a TorchScript file or a ``model.pt`` a run wrote
-    (its settings rebuild the network; the feature it was trained on must be the one composed).
-    """
-    if isinstance(model, nn.Module):
-        return model.eval(), {}
-    if not isinstance(model, (str, os.PathLike)):
+    if not isinstance(model, (nn.Module, str, os.PathLike)):
         raise AudioInterpError(f"model: expected an nn.Module, a model.pt written by a run or a TorchScript file, "
                                f"got {type(model).__name__}")
-    path = Path(model)
-    if not path.is_file():
-        raise AudioInterpError(f"model: no such file {path}")
-    if _is_torchscript(path):
-        try:
-            return torch.jit.load(str(path), map_location="cpu").eval(), {}
-        except Exception as error:  # torch reports a damaged archive in many ways
-            raise AudioInterpError(f"model: {path} cannot be loaded as TorchScript ({type(error).__name__})") from None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise AudioInterpError(f"model: {path} is neither a model.pt written by a run nor a TorchScript file "
-                               f"({type(error).__name__})") from None
-    settings = payload.get("metadata", {}).get("settings") if isinstance(payload, dict) else None
-    if not (isinstance(settings, dict) and {"model", "feature", "data"} <= set(settings)
-            and "n_classes" in settings["data"]):
-        raise AudioInterpError(f"model: {path} holds no settings to rebuild its network (a bare state dict?); build "
-                               "the nn.Module, load_state_dict() it and pass the module")
-    feature = OmegaConf.to_container(setup.cfg.feature, resolve=True)
-    differences = _settings_differences(settings["feature"], feature)
-    if differences:
-        raise AudioInterpError(f"feature: {path} was trained on other feature settings: {'; '.join(differences[:3])}; "
-                               "pass the feature= and overrides=['feature.KEY=VALUE'] it was trained with")
-    network = build_model(OmegaConf.create(settings["model"]), n_bins=setup.feature.n_bins,
-                          n_classes=settings["data"]["n_classes"])
-    train.load_checkpoint(network, path)
-    return network.eval(), settings["data"]
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives hold ``constants.pkl`` and ``code/``; torch.save's hold neither."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    trained_on: dict[str, Any] = {}
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise AudioInterpError(f"model: no such file {path}; expected a TorchScript file or a run's model.pt")
+        if not is_torchscript_file(path):
+            settings = train.read_checkpoint_metadata(path).get("settings") or {}
+            if isinstance(settings.get("feature"), dict):
+                differences = _settings_differences(settings["feature"],
+                                                    OmegaConf.to_container(setup.cfg.feature, resolve=True))
+                if differences:
+                    raise AudioInterpError(
+                        f"feature: {path} was trained on other feature settings: {'; '.join(differences[:3])}; "
+                        "pass the feature= and overrides=['feature.KEY=VALUE'] it was trained with")
+            trained_on = settings.get("data") or {}
+    return as_classifier(model, feature=setup.feature).eval(), trained_on
 
 
 @contextlib.contextmanager
 def _precision(model: nn.Module, setup: _Setup) -> Iterator[None]:
-    """The model's passes under ``precision`` (bf16 autocast where asked) inside the block; fp32 after."""
-    dtype = PRECISIONS[setup.cfg.precision]
-    if dtype is None:
-        yield
-        return
-    if not hasattr(model, "set_precision"):
-        raise AudioInterpError(f"precision={setup.cfg.precision}: {type(model).__name__} has no set_precision(); "
-                               "use precision=fp32")
-    model.set_precision(dtype)
+    """The classifier's passes at ``precision`` (fp32 unless ``precision=bf16``) inside the block; its
+    own setting afterwards (a Cnn14 passed in is the caller's object)."""
+    previous = getattr(model, "autocast_dtype", None)
+    model.set_precision(PRECISIONS[setup.cfg.precision])
     try:
         yield
     finally:
-        model.set_precision(None)
+        model.set_precision(previous)
 
 
 # --- the loop -------------------------------------------------------------------------------------
