@@ -81,8 +81,15 @@ def write_metrics(run_dir: Path, clips: ClipSet, results: RunResults) -> Path:
 
 
 def _clip_cells(clips: ClipSet, results: RunResults, i: int) -> list[Any]:
+    """The ``CLIP_COLUMNS`` of clip ``i``; ``is_correct`` is empty for a clip without a label (-1):
+    unknown, not wrong."""
     label, predicted = int(clips.labels[i]), int(results.predicted[i])
-    return [i, clips.clip_ids[i], label, predicted, int(label == predicted)]
+    return [i, clips.clip_ids[i], label, predicted, int(label == predicted) if label >= 0 else ""]
+
+
+def percent(accuracy: float | None) -> str:
+    """An accuracy for the console: ``87.50%``, or ``n/a (no labels)`` for None (unlabelled clips)."""
+    return "n/a (no labels)" if accuracy is None else f"{accuracy:.2%}"
 
 
 def write_localization(run_dir: Path, clips: ClipSet, results: RunResults) -> Path | None:

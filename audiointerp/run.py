@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from audiointerp import masks, metrics, outputs, pipeline, resume, sanity, train
 from audiointerp.atomic import file_lock
 from audiointerp.data import SPLITS
+from audiointerp.data.base import check_runnable
 from audiointerp.errors import AudioInterpError, build, expect_int
 from audiointerp.models import PRECISIONS, build_model, check_precision
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
@@ -85,6 +86,7 @@ def run(cfg: DictConfig) -> Path:
     explainer = build(cfg.explainer)
     contaminate = build(cfg.noise)
     dataset = build(cfg.data)
+    check_runnable(dataset, cfg.model.get("checkpoint"), choices.get("data"))  # unlabelled data: a checkpoint only
     if dataset.split_size(cfg.split) == 0:
         raise AudioInterpError(f"split={cfg.split}: data={choices.get('data')} has no clips in it; expected at least one "
                                "to explain")
@@ -166,8 +168,9 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
 def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature, dataset, contaminate, clips, results,
                    explainer, model, source, resumed) -> None:
     """Every output file of a run whose clips are all explained; run.json last."""
-    explained_accuracy = (results.predicted == clips.labels).float().mean().item()
-    if contaminate.name == "none":  # the explained clips are the clean ones, classified once already
+    labelled = bool((clips.labels >= 0).all())  # unlabelled clips (label -1) have no accuracy: null in run.json
+    explained_accuracy = (results.predicted == clips.labels).float().mean().item() if labelled else None
+    if contaminate.name == "none" or not labelled:  # the explained clips are the clean ones, classified once already
         clean_accuracy = explained_accuracy
     else:
         clean = dataset.load_split(cfg.split)
@@ -216,7 +219,8 @@ def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature,
     # from the checkpoint's metadata: the same whether trained here, resumed or taken from the cache
     report.update({k: source.metadata[k] for k in ("best_epoch", "best_valid_accuracy") if k in source.metadata})
     outputs.write_json(run_dir / "run.json", report)  # last: its presence says the run is complete
-    print(f"{cfg.split} accuracy {clean_accuracy:.2%} (clean), {explained_accuracy:.2%} (explained, noise={contaminate.name}); "
+    print(f"{cfg.split} accuracy {outputs.percent(clean_accuracy)} (clean), {outputs.percent(explained_accuracy)} "
+          f"(explained, noise={contaminate.name}); "
           f"model: {source.kind}; {seconds:.0f} s")
     if warning:
         print(warning)

@@ -248,3 +248,48 @@ def test_a_corrupt_clip_stops_the_cli_with_one_line(tree, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and str(broken / "dog" / "corrupt.flac") in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of the first mask's metrics csv (every mask's csv has the same clip columns)."""
+    with open(sorted((run_dir / "metrics").glob("*.csv"))[0], newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def folder_run(tree, tmp_path_factory) -> Path:
+    """The smoke experiment on the class-subfolder tree with the default Cnn14: trained, explained, scored."""
+    run_dir = tmp_path_factory.mktemp("folder_run")
+    result = run_cli("data=folder", f"data.root={tree}", "experiment=smoke", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_a_smoke_run_on_your_folder_completes(folder_run, tree):
+    report = json.loads((folder_run / "run.json").read_text())
+    assert report["run"]["data"] == "folder" and report["class_names"] == CLASSES
+    assert report["n_clips"] == 3  # one test clip per class
+    assert 0 <= report["clean_accuracy"] <= 1 and 0 <= report["explained_accuracy"] <= 1
+    rows = metric_rows(folder_run)
+    assert sorted(row["clip_id"].split("/")[0] for row in rows) == CLASSES
+    assert all(row["is_correct"] == str(int(row["label"] == row["predicted"])) for row in rows)
+    assert (folder_run / "model.pt").is_file()
+
+
+def test_unlabelled_clips_are_explained_with_a_checkpoint_and_get_null_accuracy(folder_run, tree, tmp_path):
+    listing = write_csv(tree / "to_explain.csv", ["path"], [[path] for path in clip_paths(tree)[:4]])
+    refused = run_cli("data=folder", f"data.csv={listing}", "experiment=smoke", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "expected model.checkpoint" in refused.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "refused" / "model.pt").exists(), "nothing may be trained on unlabelled clips"
+    run_dir = tmp_path / "unlabelled"
+    result = run_cli("data=folder", f"data.csv={listing}", f"data.class_names=[{','.join(CLASSES)}]",
+                     f"model.checkpoint={folder_run / 'model.pt'}", "experiment=smoke", "data.clips_per_class=null",
+                     f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "n/a (no labels)" in result.stdout
+    report = json.loads((run_dir / "run.json").read_text())
+    assert report["n_clips"] == 4 and report["clean_accuracy"] is None and report["explained_accuracy"] is None
+    rows = metric_rows(run_dir)
+    assert [row["label"] for row in rows] == ["-1"] * 4 and [row["is_correct"] for row in rows] == [""] * 4
+    assert {int(row["predicted"]) for row in rows} <= {0, 1, 2}
