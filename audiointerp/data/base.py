@@ -98,8 +98,8 @@ def check_runnable(dataset: Dataset, checkpoint: str | None, data_choice: str | 
         raise AudioInterpError(f"data={data_choice}: the clips have no labels, so no model can be trained on them; "
                                "expected model.checkpoint=FILE (a classifier trained elsewhere) to explain them")
     if dataset.n_classes is None:
-        raise AudioInterpError(f"data={data_choice}: the clips have no labels, so the classifier's classes are unknown; "
-                               "expected data.class_names=[...] listing the checkpoint's classes in output order")
+        raise AudioInterpError(f"data={data_choice}: the clips have no labels, so the classifier's classes are "
+                               "unknown; expected data.class_names=[...], the checkpoint's classes in output order")
 
 
 class FileIdentity:

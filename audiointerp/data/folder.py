@@ -191,7 +191,8 @@ class AudioFolder(Dataset):
         if class_names is not None:
             if isinstance(class_names, str) or not all(isinstance(name, str) and name for name in class_names) \
                     or len(set(class_names)) != len(class_names) or not class_names:
-                raise AudioInterpError(f"data.class_names: expected a list of distinct non-empty names, got {class_names!r}")
+                raise AudioInterpError(f"data.class_names: expected a list of distinct non-empty names, "
+                                       f"got {class_names!r}")
             class_names = list(class_names)
         self.split_fractions = check_split_fractions(DEFAULT_SPLIT_FRACTIONS if split_fractions is None
                                                      else split_fractions)
@@ -279,7 +280,8 @@ class AudioFolder(Dataset):
             raise AudioInterpError(f"{csv_path}: no {CSV_PATH_COLUMN!r} column (found {columns}); expected a header "
                                    "with columns path,label[,split]")
         if not records:
-            raise AudioInterpError(f"{csv_path}: no rows; expected one row per clip under the header path,label[,split]")
+            raise AudioInterpError(f"{csv_path}: no rows; expected one row per clip under the header "
+                                   "path,label[,split]")
         has_split = CSV_SPLIT_COLUMN in columns
         labels = [record.get(CSV_LABEL_COLUMN, "") for _, record in records]
         labelled = [bool(label) for label in labels]
