@@ -46,6 +46,14 @@ def _as_float32_on(buffer: Tensor, device: torch.device) -> Tensor:
     return buffer.to(device=device, dtype=torch.float32)
 
 
+def _magnitude(power: Tensor) -> Tensor:
+    """sqrt(max(power, 0)), with a zero gradient where the power is 0 (sqrt's is infinite there): a
+    classifier of audio is differentiated through the inverse (``audiointerp.models.waveform``), and
+    silent bins must not turn its gradients into NaN."""
+    audible = power > 0
+    return torch.where(audible, power, 1.0).sqrt() * audible
+
+
 @dataclass
 class Spectrogram:
     """A featurised batch, with what is needed to invert a (masked) copy of it.
@@ -201,7 +209,7 @@ class SpectrogramFeature(nn.Module):
             raise ValueError(f"log_db: expected shape {expected} (that of spectrogram.log_db), got {tuple(log_db.shape)}")
         bin_power = self._db_to_power(log_db.to(torch.float32).squeeze(1))
         linear_power = self._power_from_bins(bin_power, spectrogram)
-        stft = linear_power.clamp_min(0).sqrt() * spectrogram.phase.to(linear_power.device)
+        stft = _magnitude(linear_power) * spectrogram.phase.to(linear_power.device)
         return self._istft(stft, spectrogram.length)
 
     # --- subclass hooks -------------------------------------------------------------------
@@ -432,7 +440,8 @@ class LogMel(SpectrogramFeature):
         for _ in range(self.nnls_iterations):
             # W^T (W P) rather than (W^T W) P: two thin matmuls instead of one K x K.
             denominator = torch.matmul(filterbank_t, torch.matmul(filterbank, estimate))
-            ratio = numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)
+            # (the same values as dividing by the clamped denominator, and finite gradients where it is 0)
+            ratio = numerator / torch.where(denominator > 0, denominator, 1.0)
             estimate = estimate * torch.where(denominator > 0, ratio, 0.0)
             estimate = torch.where(estimate < _FLUSH_BELOW, 0.0, estimate)
         return estimate

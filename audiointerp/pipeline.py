@@ -8,6 +8,7 @@ noisy, any explainer; listenable examples are an option of it, not a second copy
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -89,12 +90,14 @@ def _probabilities(model: nn.Module, inputs: Tensor, eval_batch_size: int) -> Te
                       for i in range(0, len(inputs), eval_batch_size)])
 
 
-def audio_domain_inputs(feature, spectrogram: Spectrogram, log_dbs: Tensor, clip_index: Tensor,
+@torch.inference_mode()
+def heard_probabilities(model: nn.Module, feature, spectrogram: Spectrogram, log_dbs: Tensor, clip_index: Tensor,
                         batch_size: int) -> Tensor:
-    """Masked spectrograms -> audio (the feature's inverse, with each clip's phase) -> spectrograms again.
+    """Masked spectrograms -> audio (the feature's inverse, with each clip's phase) -> softmax as the model hears it.
 
-    What the model hears when a masked spectrogram is played: the inverse cannot realise every
-    masked spectrogram exactly (overlapping frames, mel bands), so this differs from ``log_dbs``.
+    What the model hears when a masked spectrogram is played: a spectrogram classifier gets the
+    audio analysed again (the inverse cannot realise every masked spectrogram exactly: overlapping
+    frames, mel bands), a classifier of audio gets the audio itself (``classify_audio``).
 
     Args:
         spectrogram: the clips' analysis (B clips).
@@ -103,13 +106,44 @@ def audio_domain_inputs(feature, spectrogram: Spectrogram, log_dbs: Tensor, clip
         batch_size: spectrograms inverted at once (bounds the (batch, K, T) complex STFTs).
 
     Returns:
-        (M, 1, F, T) float32 log spectrograms of the inverted audio, on ``log_dbs``' device.
+        (M, C) float32 probabilities, on ``log_dbs``' device.
     """
     chunks = []
     for start in range(0, len(log_dbs), batch_size):
         rows = slice(start, start + batch_size)
         audio = feature.inverse(log_dbs[rows], spectrogram.take(clip_index[rows]))
-        chunks.append(feature(audio).log_db.float())
+        chunks.append(torch.softmax(_classify_audio(model, audio, feature), dim=1))
+    return torch.cat(chunks)
+
+
+def _classify_audio(model: nn.Module, audio: Tensor, feature) -> Tensor:
+    """(B, samples) -> (B, C) logits as ``model`` hears the audio (``Classifier.classify_audio``)."""
+    if hasattr(model, "classify_audio"):
+        return model.classify_audio(audio, feature)
+    return model(feature(audio).log_db.float())
+
+
+def listening(model: nn.Module, spectrogram: Spectrogram):
+    """``model.listening(spectrogram)`` (a classifier of audio classifies with these clips' phase), or
+    nothing for a model without it."""
+    return model.listening(spectrogram) if hasattr(model, "listening") else contextlib.nullcontext()
+
+
+def clips_per_batch(model: nn.Module, batch_size: int) -> int:
+    """Clips explained together: ``batch_size``, or one for a classifier of audio, whose every forward
+    is of one clip's spectrogram and copies of it (its phase; ``audiointerp.models.waveform``)."""
+    return 1 if getattr(model, "input_kind", "spectrogram") == "waveform" else batch_size
+
+
+def classify_clips(model: nn.Module, feature, waveforms: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """(N, samples) clips -> (N, C) softmax probabilities on the CPU, each clip's spectrogram classified as
+    the explained clips are (:func:`clips_per_batch` clips at a time, within :func:`listening`)."""
+    batch_size = clips_per_batch(model, batch_size)
+    chunks = []
+    for start in range(0, len(waveforms), batch_size):
+        spectrogram = feature(waveforms[start:start + batch_size].to(device))
+        with listening(model, spectrogram):
+            chunks.append(_probabilities(model, spectrogram.log_db, batch_size).cpu())
     return torch.cat(chunks)
 
 
@@ -126,7 +160,7 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
     the first ``n_examples`` clips with their inverted audio (for writing WAVs and plots).
     Clips with ground-truth evidence get localisation scores (``RunResults.localization``, and
     IoU, precision, recall for binary masks); explainers that set ``needs_evidence`` get the
-    region too. ``audio_metrics`` adds the faithfulness metrics on :func:`audio_domain_inputs`.
+    region too. ``audio_metrics`` adds the faithfulness metrics as heard (:func:`heard_probabilities`).
 
     Clips are explained ``batch_size`` at a time, batch ``b`` being clips ``[b * batch_size,
     (b + 1) * batch_size)``. Each finished batch goes to ``store`` (in memory by default; a
@@ -190,55 +224,57 @@ def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipS
     """Clips ``[start, stop)``: explain, mask, evaluate, score; the examples among them go to ``on_example``."""
     waveforms = clips.waveforms[start:stop].to(device)
     spectrogram = feature(waveforms)
-    log_db = spectrogram.log_db  # (B, 1, F, T)
-    # The one forward of the clips as they are: the explained class and the metrics' reference.
-    with models.channels_last(model, channels_last):
-        p = _probabilities(model, log_db, eval_batch_size)
-    # a normal tensor: explainers use it inside autograd graphs
-    target = p.argmax(dim=1).clone() if targets is None else targets.to(device=device, dtype=torch.long)
-    evidence = None if clips.evidence is None else evidence_mask(
-        clips.evidence[start:stop], feature, log_db.shape[-1])  # (B, 1, F, T) bool, CPU
-    context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
-    # float32 whatever precision the model's passes run in (bf16 under precision=bf16)
-    attribution = explainer.attribute(model, log_db, target, **context).detach().float()
-    clip_scores = {c: v.detach().float().cpu() for c, v in explainer.clip_diagnostics().items()}
-    masks = make_masks(attribution, mask_names, ties=ties)
+    # a classifier of audio hears these clips' spectrograms (and copies of them) with their phase
+    with listening(model, spectrogram):
+        log_db = spectrogram.log_db  # (B, 1, F, T)
+        # The one forward of the clips as they are: the explained class and the metrics' reference.
+        with models.channels_last(model, channels_last):
+            p = _probabilities(model, log_db, eval_batch_size)
+        # a normal tensor: explainers use it inside autograd graphs
+        target = p.argmax(dim=1).clone() if targets is None else targets.to(device=device, dtype=torch.long)
+        evidence = None if clips.evidence is None else evidence_mask(
+            clips.evidence[start:stop], feature, log_db.shape[-1])  # (B, 1, F, T) bool, CPU
+        context = {"evidence": None if evidence is None else evidence.to(device)} if explainer.needs_evidence else {}
+        # float32 whatever precision the model's passes run in (bf16 under precision=bf16)
+        attribution = explainer.attribute(model, log_db, target, **context).detach().float()
+        clip_scores = {c: v.detach().float().cpu() for c, v in explainer.clip_diagnostics().items()}
+        masks = make_masks(attribution, mask_names, ties=ties)
 
-    pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
-    variants = torch.cat([masked for masked, _ in pairs.values()] + [unmasked for _, unmasked in pairs.values()])
-    with models.channels_last(model, channels_last):
-        variant_probabilities = _probabilities(model, variants, eval_batch_size).view(2 * len(masks), len(log_db), -1)
-    audio_seconds = 0.0
-    if audio_metrics:
-        began = time.perf_counter()
-        clip_index = torch.arange(len(log_db)).repeat(2 * len(masks))  # variants are mask-major
-        heard = audio_domain_inputs(feature, spectrogram, variants, clip_index,
-                                    eval_batch_size if device.type == "cuda" else CPU_INVERSE_BATCH)
-        audio_probabilities = _probabilities(model, heard, eval_batch_size).view(2 * len(masks), len(log_db), -1)
-        audio_seconds = time.perf_counter() - began
-    metric_columns: dict[str, dict[str, Tensor]] = {}
-    for position, name in enumerate(masks):
-        p_masked = variant_probabilities[position]
-        p_unmasked = variant_probabilities[len(masks) + position]
-        columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
-                   "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
-        if evidence is not None and name in BINARY_MASK_NAMES:
-            columns.update(mask_scores(masks[name], evidence))
+        pairs = {name: apply_mask(log_db, mask, silence_level) for name, mask in masks.items()}
+        variants = torch.cat([masked for masked, _ in pairs.values()] + [unmasked for _, unmasked in pairs.values()])
+        with models.channels_last(model, channels_last):
+            variant_probabilities = _probabilities(model, variants, eval_batch_size).view(2 * len(masks), len(log_db), -1)
+        audio_seconds = 0.0
         if audio_metrics:
-            heard = faithfulness(p, audio_probabilities[position], audio_probabilities[len(masks) + position])
-            columns.update({f"{m}_audio": heard[m] for m in FAITHFULNESS_NAMES})
-        metric_columns[name] = {column: values.cpu() for column, values in columns.items()}
-    localization = {} if evidence is None else {c: v.cpu() for c, v in attribution_scores(attribution, evidence).items()}
-    with models.channels_last(model, channels_last):  # the attribution's ranking, no mask: curves.py
-        ranked = curves.curves(model, log_db, attribution, target, p, silence_level, eval_batch_size)
-    clip_scores = {**{c: ranked[c] for c in curves.CURVE_NAMES}, **clip_scores}
+            began = time.perf_counter()
+            clip_index = torch.arange(len(log_db)).repeat(2 * len(masks))  # variants are mask-major
+            audio_probabilities = heard_probabilities(
+                model, feature, spectrogram, variants, clip_index,
+                eval_batch_size if device.type == "cuda" else CPU_INVERSE_BATCH).view(2 * len(masks), len(log_db), -1)
+            audio_seconds = time.perf_counter() - began
+        metric_columns: dict[str, dict[str, Tensor]] = {}
+        for position, name in enumerate(masks):
+            p_masked = variant_probabilities[position]
+            p_unmasked = variant_probabilities[len(masks) + position]
+            columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
+                       "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
+            if evidence is not None and name in BINARY_MASK_NAMES:
+                columns.update(mask_scores(masks[name], evidence))
+            if audio_metrics:
+                heard = faithfulness(p, audio_probabilities[position], audio_probabilities[len(masks) + position])
+                columns.update({f"{m}_audio": heard[m] for m in FAITHFULNESS_NAMES})
+            metric_columns[name] = {column: values.cpu() for column, values in columns.items()}
+        localization = {} if evidence is None else {c: v.cpu() for c, v in attribution_scores(attribution, evidence).items()}
+        with models.channels_last(model, channels_last):  # the attribution's ranking, no mask: curves.py
+            ranked = curves.curves(model, log_db, attribution, target, p, silence_level, eval_batch_size)
+        clip_scores = {**{c: ranked[c] for c in curves.CURVE_NAMES}, **clip_scores}
 
-    if on_example is not None:
-        for offset in range(min(len(log_db), n_examples - start)):
-            on_example(_example(feature, spectrogram, waveforms, offset, start + offset,
-                                clips.clip_ids[start + offset], masks, pairs))
-    return BatchResults(attribution=attribution.cpu(), probabilities=p.cpu(), metrics=metric_columns,
-                        localization=localization, audio_seconds=audio_seconds, clip_scores=clip_scores)
+        if on_example is not None:
+            for offset in range(min(len(log_db), n_examples - start)):
+                on_example(_example(feature, spectrogram, waveforms, offset, start + offset,
+                                    clips.clip_ids[start + offset], masks, pairs))
+        return BatchResults(attribution=attribution.cpu(), probabilities=p.cpu(), metrics=metric_columns,
+                            localization=localization, audio_seconds=audio_seconds, clip_scores=clip_scores)
 
 
 def _example(feature, spectrogram, waveforms: Tensor, offset: int, index: int, clip_id: str,

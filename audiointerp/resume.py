@@ -155,7 +155,7 @@ class DiskStore(BatchStore):
 #: Config keys naming an input file or folder: a run is identified by what they point at, by content
 #: (``inputs`` of :func:`run_sha256`), not by the path; a sweep job's folder name carries a hash of
 #: their values instead of the values (:func:`job_folder_name`).
-INPUT_PATH_KEYS: tuple[str, ...] = ("data.root", "model.checkpoint", "noise.path")
+INPUT_PATH_KEYS: tuple[str, ...] = ("data.root", "data.csv", "model.checkpoint", "model.path", "noise.path")
 #: Config keys that change nothing a run computes: where downloads and the model (and L-MAC
 #: decoder) cache are kept, whether the cache is used, and how a run is sharded (shards explain
 #: whole batches).

@@ -9,6 +9,7 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -17,13 +18,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from audiointerp import masks, metrics, outputs, pipeline, resume, sanity, train
 from audiointerp.atomic import file_lock
 from audiointerp.data import SPLITS
 from audiointerp.data.base import check_runnable
 from audiointerp.errors import AudioInterpError, build, expect_int
-from audiointerp.models import PRECISIONS, build_model, check_precision
+from audiointerp.augment import TrainingAugment
+from audiointerp.models import PRECISIONS, Classifier, build_model, check_precision
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
 log = logging.getLogger("audiointerp")
@@ -55,6 +58,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass
+class Run:
+    """What one run is made of, checked and built before anything is trained or explained."""
+
+    cfg: DictConfig
+    config: dict  # the resolved config as plain containers
+    run_dir: Path
+    choices: dict  # which option of each config group
+    started: float  # perf_counter() at the start
+    shard: tuple[int, int]
+    fingerprint: str  # what the results are a function of (resume.run_sha256)
+    device: torch.device
+    feature: object
+    dataset: object  # audiointerp.data.base.Dataset
+    contaminate: object
+    mask_names: list[str]
+    explainer: object
+    model: Classifier
+    augment: TrainingAugment
+
+
 def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -78,8 +102,9 @@ def run(cfg: DictConfig) -> Path:
             raise AudioInterpError(f"{option}: expected true or false, got {cfg[option]!r}")
     check_precision("train.precision", cfg.train.precision)
     check_precision("precision", cfg.precision)
-    if cfg.model.pretrained not in (None, "panns"):
+    if cfg.model.get("pretrained") not in (None, "panns"):
         raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
+    augment = build_augment(cfg.train.get("augment"))
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     feature = build(cfg.feature)
@@ -94,15 +119,24 @@ def run(cfg: DictConfig) -> Path:
     if explainer.needs_evidence and not getattr(dataset, "has_evidence", False):
         raise AudioInterpError(f"explainer={choices.get('explainer')}: needs clips with ground-truth evidence "
                                f"(data=synthetic); data={choices.get('data')} has none")
-    model = build_model(cfg.model, n_bins=feature.n_bins, n_classes=dataset.n_classes).to(device)
+    model = build_model(cfg.model, feature=feature, n_classes=dataset.n_classes).to(device)
     explainer.check(model)
-    if cfg.model.checkpoint:  # read now, so that a file that is no fitting checkpoint costs nothing
-        train.load_checkpoint(model, to_absolute_path(cfg.model.checkpoint), train.cache_settings(config, dataset))
+    checkpoint = cfg.model.get("checkpoint")
+    if model.input_kind == "waveform":
+        if not (checkpoint or model.pretrained):
+            raise AudioInterpError(f"model.input=waveform: the runner trains spectrogram classifiers only; give the "
+                                   f"trained network as model.checkpoint=PATH or model=torchscript")
+        if cfg.sanity:
+            raise AudioInterpError("sanity: the sanity checks explain several clips per call, which a waveform "
+                                   "classifier cannot (each clip needs its own phase); set sanity=false")
+    if checkpoint:  # read now, so that a file that is no fitting checkpoint costs nothing
+        train.load_checkpoint(model, to_absolute_path(checkpoint), train.cache_settings(config, dataset, model))
 
     # What the results are a function of: the config, and the content of the files it names by path.
     fingerprint = resume.run_sha256(config, {
         "data": dataset.identity(SPLITS), "noise": contaminate.identity(),
-        "checkpoint": train.fingerprint(model) if cfg.model.checkpoint else None})
+        "checkpoint": train.fingerprint(model) if checkpoint or model.pretrained else None,
+        "network_source": model.source_sha256()})
     with resume.Occupancy(run_dir) as occupancy:
         if outputs.finished(run_dir, fingerprint):
             if occupancy.alone:  # a run killed between writing run.json and clearing its partial results
@@ -110,12 +144,27 @@ def run(cfg: DictConfig) -> Path:
             print(f"already complete: {run_dir.resolve()} (same configuration and inputs; delete the folder to "
                   "run it again)")
             return run_dir
-        return _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset,
-                    contaminate, mask_names, explainer, model, occupancy.alone)
+        return _run(Run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset,
+                        contaminate, mask_names, explainer, model, augment), occupancy.alone)
 
 
-def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset, contaminate,
-         mask_names, explainer, model, alone) -> Path:
+def build_augment(options) -> TrainingAugment:
+    """``train.augment`` as the training step's augmentation (null: none), or a one-line error."""
+    options = {} if options is None else dict(options)
+    unknown = sorted(set(options) - {"mask_dropout", "spec_augment"})
+    if unknown:
+        raise AudioInterpError(f"train.augment: unknown key {unknown[0]!r}; expected mask_dropout and spec_augment")
+    try:
+        return TrainingAugment(**{k: None if v is None else dict(v) for k, v in options.items()})
+    except TypeError as error:
+        raise AudioInterpError(f"train.augment: {error}") from None
+
+
+def _run(context: Run, alone: bool) -> Path:
+    cfg, run_dir, device, feature, dataset, model = (context.cfg, context.run_dir, context.device, context.feature,
+                                                     context.dataset, context.model)
+    explainer, shard, fingerprint = context.explainer, context.shard, context.fingerprint
+
     def split_inputs(split: str):
         clips = dataset.load_split(split)
         return pipeline.log_spectrograms(feature, clips.waveforms, cfg.eval_batch_size, device,
@@ -127,28 +176,33 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
         return (*split_inputs("train"), *split_inputs("valid"))
 
     model.set_precision(PRECISIONS[cfg.train.precision])  # training is fp32 unless asked
-    source = train.obtain_model(
-        model, checkpoint=cfg.model.checkpoint and to_absolute_path(cfg.model.checkpoint),
-        cache_dir=Path(to_absolute_path(cfg.train.cache_dir)) if cfg.train.cache else None,
-        settings=train.cache_settings(config, dataset),
-        run_dir=run_dir, load_train_valid=load_train_valid,
-        epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
+    checkpoint = cfg.model.get("checkpoint")
+    if model.pretrained and not checkpoint:  # a TorchScript file: its own weights, never trained here
+        source = train.ModelSource("file", Path(to_absolute_path(str(cfg.model.path))), {})
+    else:
+        source = train.obtain_model(
+            model, checkpoint=checkpoint and to_absolute_path(checkpoint),
+            cache_dir=Path(to_absolute_path(cfg.train.cache_dir)) if cfg.train.cache else None,
+            settings=train.cache_settings(context.config, dataset, model),
+            run_dir=run_dir, load_train_valid=load_train_valid, epochs=cfg.train.epochs, lr=cfg.train.lr,
+            batch_size=cfg.train.batch_size, device=device, seed=cfg.seed, augment=context.augment)
 
     model.set_precision(PRECISIONS[cfg.precision])
     if explainer.needs_training_data:
         valid = split_inputs("valid") if explainer.needs_validation_data else ()
         explainer.prepare(model, *split_inputs("train"), *valid)
 
-    clips = contaminate(dataset.load_split(cfg.split))
+    clips = context.contaminate(dataset.load_split(cfg.split))
     store = resume.DiskStore(run_dir, resume.run_key(fingerprint, train.fingerprint(model)), alone=alone)
-    n_batches = -(-len(clips) // cfg.batch_size)
+    batch_size = pipeline.clips_per_batch(model, cfg.batch_size)
+    n_batches = -(-len(clips) // batch_size)
     batches = resume.shard_batches(n_batches, *shard)
     resumed = sum(store.has(b) for b in batches)
     if resumed:
         log.info("resuming: %d of this run's %d batches of clips were finished before", resumed, len(batches))
     results = pipeline.explain_and_score(
-        model, explainer, feature, clips, mask_names=mask_names, silence_level=cfg.mask.silence_level,
-        ties=cfg.mask.ties, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
+        model, explainer, feature, clips, mask_names=context.mask_names, silence_level=cfg.mask.silence_level,
+        ties=cfg.mask.ties, batch_size=batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
         n_examples=cfg.n_examples, on_example=outputs.ExampleWriter(run_dir, feature, feature.sample_rate),
         audio_metrics=cfg.audio_metrics, store=store, batches=batches, channels_last=cfg.channels_last)
     if results is None:
@@ -159,23 +213,25 @@ def _run(cfg, config, run_dir, choices, started, shard, fingerprint, device, fea
     with file_lock(run_dir / resume.ASSEMBLY_LOCK):
         if outputs.finished(run_dir, fingerprint):  # another shard wrote them while this one waited
             return run_dir
-        _write_results(cfg, run_dir, choices, started, fingerprint, device, feature, dataset, contaminate, clips,
-                       results, explainer, model, source, resumed)
+        _write_results(context, clips, results, source, resumed)
         store.clear()
     return run_dir
 
 
-def _write_results(cfg, run_dir, choices, started, fingerprint, device, feature, dataset, contaminate, clips, results,
-                   explainer, model, source, resumed) -> None:
+def _write_results(context: Run, clips, results, source, resumed) -> None:
     """Every output file of a run whose clips are all explained; run.json last."""
+    cfg, run_dir, choices, device, feature, model, explainer = (context.cfg, context.run_dir, context.choices,
+                                                                context.device, context.feature, context.model,
+                                                                context.explainer)
+    fingerprint, contaminate, started = context.fingerprint, context.contaminate, context.started
     labelled = bool((clips.labels >= 0).all())  # unlabelled clips (label -1) have no accuracy: null in run.json
     explained_accuracy = (results.predicted == clips.labels).float().mean().item() if labelled else None
     if contaminate.name == "none" or not labelled:  # the explained clips are the clean ones, classified once already
         clean_accuracy = explained_accuracy
     else:
-        clean = dataset.load_split(cfg.split)
-        clean_inputs = pipeline.log_spectrograms(feature, clean.waveforms, cfg.eval_batch_size, device)
-        clean_accuracy = train.accuracy(model, clean_inputs, clean.labels, cfg.eval_batch_size, device)
+        clean = context.dataset.load_split(cfg.split)
+        clean_probabilities = pipeline.classify_clips(model, feature, clean.waveforms, cfg.eval_batch_size, device)
+        clean_accuracy = (clean_probabilities.argmax(dim=1) == clean.labels).float().mean().item()
     sanity_lines, sanity_summary = [], None
     if cfg.sanity:
         rows = sanity.check_clips(model, explainer, feature, clips, n_clips=cfg.sanity_clips, seed=cfg.seed,
@@ -253,6 +309,8 @@ def _main(cfg: DictConfig) -> None:
         run(cfg)
     except AudioInterpError as error:
         _fail(str(error))
+    except MissingMandatoryValue as error:  # a ??? in a config group (model=module's _target_, say)
+        _fail(f"{error.full_key}: must be set (e.g. {error.full_key}=...); the config leaves it open")
     except OSError as error:
         if error.errno not in _STORAGE_ERRORS:
             raise

@@ -117,18 +117,22 @@ def restored(model: nn.Module) -> Iterator[nn.Module]:
 
 @torch.no_grad()
 def randomise(modules: list[nn.Module], generator: torch.Generator) -> None:
-    """Re-draw the weights of every convolution and linear layer in ``modules`` as Cnn14 initialises
-    them (Xavier-uniform weights, zero biases), from ``generator``. BatchNorm is left as trained."""
+    """Re-draw the weights of every layer in ``modules`` that has a weight matrix (convolutions,
+    linear layers, of any classifier, TorchScript too) as Cnn14 initialises them (Xavier-uniform
+    weights, zero biases), from ``generator``. Normalisation layers (1-D weights) are left as trained."""
     for module in modules:
         for layer in module.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
-                fan_out *= layer.weight[0, 0].numel()
-                bound = math.sqrt(6.0 / (fan_in + fan_out))
-                draw = torch.rand(layer.weight.shape, generator=generator, dtype=torch.float64) * 2 * bound - bound
-                layer.weight.copy_(draw.to(layer.weight))
-                if layer.bias is not None:
-                    layer.bias.zero_()
+            own = dict(layer.named_parameters(recurse=False))
+            weight = own.get("weight")
+            if weight is None or weight.dim() < 2:
+                continue
+            receptive = weight[0, 0].numel()
+            fan_out, fan_in = weight.shape[0] * receptive, weight.shape[1] * receptive
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            draw = torch.rand(weight.shape, generator=generator, dtype=torch.float64) * 2 * bound - bound
+            weight.copy_(draw.to(weight))
+            if own.get("bias") is not None:
+                own["bias"].zero_()
 
 
 def _explain(explainer: Explainer, model: nn.Module, inputs: Tensor, target: Tensor, batch_size: int,

@@ -59,11 +59,12 @@ def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor, batch_size: int, 
 
 def fit(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, valid_inputs: Tensor, valid_labels: Tensor,
         *, epochs: int, lr: float, batch_size: int, device: torch.device, seed: int,
-        eval_batch_size: int = 64) -> TrainResult:
+        eval_batch_size: int = 64, augment: Callable[[Tensor], Tensor] | None = None) -> TrainResult:
     """Adam on cross-entropy; keeps (loads into ``model``) the weights of the best validation epoch.
 
-    train_inputs/valid_inputs: (N, 1, F, T) dB spectrograms; labels (N,) int64. SpecAugment lives in
-    the model and is active in train mode only, so validation and explanation never see it.
+    train_inputs/valid_inputs: (N, 1, F, T) dB spectrograms; labels (N,) int64. ``augment``
+    (``audiointerp.augment.TrainingAugment``: masked inputs, SpecAugment) changes each training
+    batch, for any classifier; validation and explanation never see it.
     """
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
@@ -82,6 +83,8 @@ def fit(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, valid_inpu
             if len(index) < 2:  # BatchNorm cannot train on a single example
                 continue
             inputs, labels = train_inputs[index].to(device), train_labels[index].to(device)
+            if augment is not None:
+                inputs = augment(inputs)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(inputs), labels)
             loss.backward()
@@ -137,19 +140,35 @@ def load_checkpoint(model: nn.Module, path: str | Path, settings: dict[str, Any]
         raise AudioInterpError(f"model.checkpoint: {path} {problem}") from None
 
 
-def _load_into(model: nn.Module, path: Path, settings: dict[str, Any] | None) -> dict[str, Any]:
-    """:func:`load_checkpoint` without the option's name: raises Unusable, for a cache entry too."""
+def _read(path: Path) -> Any:
+    """What ``torch.load(weights_only=True)`` reads from ``path``, or Unusable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on a foreign pickle; the error below says it
             # weights_only: a file from elsewhere is never unpickled beyond tensors and plain
             # containers, so a foreign or malicious pickle constructs nothing and runs no code.
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as error:
         raise Unusable(f"cannot be read ({error.strerror or error})") from None
     except Exception as error:  # a file torch did not write fails as zip, pickle, EOF, key errors...
         raise Unusable(f"is not a checkpoint: torch.load(weights_only=True) cannot read it "
                         f"({type(error).__name__})") from None
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata :func:`save_checkpoint` saved in ``path`` ({} for a bare state dict), or an
+    AudioInterpError naming the file."""
+    try:
+        payload = _read(Path(path))
+    except Unusable as problem:
+        raise AudioInterpError(f"model: {path} {problem}") from None
+    metadata = payload.get("metadata") if isinstance(payload, dict) and "state_dict" in payload else None
+    return dict(metadata) if isinstance(metadata, dict) else {}
+
+
+def _load_into(model: nn.Module, path: Path, settings: dict[str, Any] | None) -> dict[str, Any]:
+    """:func:`load_checkpoint` without the option's name: raises Unusable, for a cache entry too."""
+    payload = _read(path)
     if isinstance(payload, dict) and "state_dict" in payload:
         state, metadata = payload["state_dict"], payload.get("metadata")
     else:  # a bare state dict, as torch.save(model.state_dict(), ...) writes elsewhere
@@ -236,7 +255,7 @@ def cache_key(settings: dict[str, Any]) -> str:
 
 #: The source files, relative to the package folder, whose code turns clips into trained weights.
 PACKAGE_ROOT = Path(__file__).resolve().parent
-TRAINING_SOURCES = ("features.py", "train.py")
+TRAINING_SOURCES = ("augment.py", "features.py", "train.py")
 MODEL_SOURCES = "models"
 
 
@@ -251,19 +270,24 @@ def code_version(root: str | os.PathLike = PACKAGE_ROOT) -> str:
     return hashing.sources_sha256(root, [*models, *TRAINING_SOURCES])
 
 
-def cache_settings(config: dict[str, Any], dataset) -> dict[str, Any]:
+def cache_settings(config: dict[str, Any], dataset, model=None) -> dict[str, Any]:
     """Everything that determines the trained weights, and nothing else: the model cache key's settings.
 
     Args:
         config: the run's resolved configuration as a plain dict (``OmegaConf.to_container(cfg, resolve=True)``).
+        model: the run's classifier: the code of a user's network (``source_sha256``) is in the key.
         dataset: the run's dataset; its ``training_identity()`` stands for the train and valid clips
             actually used (their files' bytes or generator settings), so the data's location, the
             missing-clip policy, the test split and the explaining options are not in the key.
     """
     # Paths say where weights and clips come from or go to, not what they are.
     config = resume.without_keys(config, resume.INPUT_PATH_KEYS + resume.NO_RESULT_KEYS)
-    return {"code": code_version(), "data": dataset.training_identity(), "feature": config["feature"],
-            "model": config["model"], "train": config["train"], "seed": config["seed"]}
+    settings = {"code": code_version(), "data": dataset.training_identity(), "feature": config["feature"],
+                "model": config["model"], "train": config["train"], "seed": config["seed"]}
+    source = None if model is None else model.source_sha256()
+    if source is not None:  # a user's network: its class's code, or its TorchScript file
+        settings["network_source"] = source
+    return settings
 
 
 @dataclass
@@ -281,7 +305,8 @@ class ModelSource:
 
 def obtain_model(model: nn.Module, *, checkpoint: str | None, cache_dir: Path | None, settings: dict[str, Any],
                  run_dir: Path, load_train_valid, epochs: int, lr: float, batch_size: int,
-                 device: torch.device, seed: int) -> ModelSource:
+                 device: torch.device, seed: int,
+                 augment: Callable[[Tensor], Tensor] | None = None) -> ModelSource:
     """Fill ``model`` with weights: an explicit checkpoint, else the cache, else training.
 
     ``load_train_valid()`` -> (train_inputs, train_labels, valid_inputs, valid_labels) is only
@@ -301,7 +326,7 @@ def obtain_model(model: nn.Module, *, checkpoint: str | None, cache_dir: Path | 
 
     def train_and_save() -> ModelSource:
         result = fit(model, *load_train_valid(), epochs=epochs, lr=lr, batch_size=batch_size, device=device,
-                     seed=seed)
+                     seed=seed, augment=augment)
         metadata = {"settings": settings, "best_epoch": result.best_epoch,
                     "best_valid_accuracy": result.best_valid_accuracy, "history": result.history}
         save_checkpoint(model, run_checkpoint, metadata)

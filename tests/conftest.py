@@ -156,6 +156,7 @@ def trained():
     import torch
 
     from audiointerp import pipeline, train
+    from audiointerp.augment import TrainingAugment
     from audiointerp.data.synthetic import SyntheticClips
     from audiointerp.features import LogMel
     from audiointerp.models import Cnn14
@@ -166,9 +167,10 @@ def trained():
     dataset = SyntheticClips(clips_per_class={"train": 30, "valid": 6, "test": 4}, seed=0)
     splits = {split: dataset.load_split(split) for split in ("train", "valid", "test")}
     inputs = {split: pipeline.log_spectrograms(feature, clips.waveforms, 64, CPU) for split, clips in splits.items()}
-    model = Cnn14(n_bins=64, n_classes=dataset.n_classes, width=1 / 16, dropout=0.0, mask_dropout=0.2)
+    model = Cnn14(n_bins=64, n_classes=dataset.n_classes, width=1 / 16, dropout=0.0)
+    augment = TrainingAugment(mask_dropout={"probability": 0.2}, spec_augment={})  # the default run's
     result = train.fit(model, inputs["train"], splits["train"].labels, inputs["valid"], splits["valid"].labels,
-                       epochs=40, lr=1e-3, batch_size=32, device=CPU, seed=0)
+                       epochs=40, lr=1e-3, batch_size=32, device=CPU, seed=0, augment=augment)
     assert result.best_valid_accuracy >= 0.75, result.history
     return model.eval(), feature, splits["test"]
 

@@ -90,7 +90,7 @@ def test_what_does_not_determine_the_weights_leaves_the_key(esc10, override):
 
 
 @pytest.mark.parametrize("override", [
-    "model.width=0.125", "model.mask_dropout=0.1", "mask.silence_level=-80", "train.lr=1e-4", "train.epochs=3",
+    "model.width=0.125", "train.augment.mask_dropout.probability=0.1", "mask.silence_level=-80", "train.lr=1e-4", "train.epochs=3",
     "train.batch_size=16", "feature=stft", "feature.n_mels=32", "seed=1", "data.train_folds=[1,2]",
     "data.limit=1", "data.clips_per_class={train: 1}", "data.peak_normalise=false", "data.duration_s=4.0",
     "data=esc50",

@@ -24,13 +24,15 @@ def splits(trained):
 
 @pytest.mark.parametrize("fine_channels", [None, 4])
 @pytest.mark.parametrize("upsample", UPSAMPLING)
-@pytest.mark.parametrize("blocks", [[6], [3, 4, 5, 6], [0, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]])
+@pytest.mark.parametrize("layers", [["conv_block6"], None, ["bn0", "conv_block3", "conv_block4", "conv_block5", "conv_block6"],
+                                    ["bn0", *(f"conv_block{i}" for i in range(1, 7))]])
 @pytest.mark.parametrize("n_bins,n_frames", [(64, 501), (257, 313)])
-def test_the_decoder_gives_a_mask_in_0_1_on_the_inputs_grid(n_bins, n_frames, blocks, upsample, fine_channels):
+def test_the_decoder_gives_a_mask_in_0_1_on_the_inputs_grid(n_bins, n_frames, layers, upsample, fine_channels):
     torch.manual_seed(0)
     model = Cnn14(n_bins=n_bins, n_classes=5, width=1 / 16).eval()
-    explainer = Lmac(blocks=blocks)
+    explainer = Lmac(layers=layers)
     inputs = torch.randn(3, 1, n_bins, n_frames) * 20 - 50
+    explainer.listened = layers or model.listened_layers(inputs)
     with torch.no_grad():
         _, activations = explainer._listen(model, inputs)
     decoder = MaskDecoder([a.shape[1] for a in activations], hidden=8, upsample=upsample, fine_channels=fine_channels)
@@ -49,7 +51,9 @@ def test_layer_0_is_the_spectrogram_as_the_classifier_normalised_it(trained, spl
     model, _, _ = trained
     inputs = splits[2][:3]
     with torch.no_grad():
-        logits, activations = Lmac(blocks=[0, 6])._listen(model, inputs)
+        explainer = Lmac(layers=["bn0", "conv_block6"])
+        explainer.listened = explainer.layers
+        logits, activations = explainer._listen(model, inputs)
         mean, var = model.bn0.running_mean, model.bn0.running_var  # (F,): one per frequency bin
         normalised = (inputs - mean[:, None]) / torch.sqrt(var[:, None] + model.bn0.eps) * model.bn0.weight[:, None] \
             + model.bn0.bias[:, None]
@@ -71,7 +75,7 @@ def test_the_removal_terms_are_minus_ce_and_minus_log_of_the_class_being_gone():
     assert float(OUT_LOSSES["ce"](gone, torch.tensor([0]))) < -29
 
 
-@pytest.mark.parametrize("settings", [{}, {"blocks": [0, 3, 4, 5, 6], "upsample": "bilinear", "out_loss": "bounded",
+@pytest.mark.parametrize("settings", [{}, {"layers": ["bn0", "conv_block3", "conv_block4", "conv_block5", "conv_block6"], "upsample": "bilinear", "out_loss": "bounded",
                                            "weight_area": 16.0, "fine_channels": 16}])  # lmac, lmac_sparse
 def test_training_lowers_the_loss(trained, splits, settings):
     model, _, _ = trained
@@ -152,7 +156,7 @@ def test_a_constant_mask_does_not_win_the_epoch_selection(trained, splits):
     assert scores["FidIn"] < 0.5, scores
 
 
-@pytest.mark.parametrize("option,value", [("blocks", [-1, 3]), ("blocks", [5, 3]), ("blocks", [3, 7]), ("epochs", 0),
+@pytest.mark.parametrize("option,value", [("layers", []), ("layers", ["conv_block3", "conv_block3"]), ("layers", [3]), ("epochs", 0),
                                           ("lr", -1.0), ("area", 1.5), ("batch_size", 1), ("squash", "relu"),
                                           ("out_loss", "mse"), ("upsample", "nearest"),
                                           ("fine_channels", 0)])

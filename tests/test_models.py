@@ -1,4 +1,4 @@
-"""Cnn14 structure, SpecAugment, training and checkpoints on real tensors."""
+"""Cnn14 structure, the training step's augmentations, training and checkpoints on real tensors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from torch import nn
 
 from audiointerp import train
 from audiointerp.errors import AudioInterpError
+from audiointerp.augment import SpecAugment, TrainingAugment
 from audiointerp.models import Cnn14
 
 
@@ -41,19 +42,48 @@ def test_forward_shapes_for_both_features(n_bins, n_frames):
         Cnn14(n_bins=64, n_classes=2, width=1 / 16)(torch.randn(1, 1, 257, 313))
 
 
-def test_spec_augment_only_in_training():
-    model = Cnn14(n_bins=64, n_classes=2, width=1 / 16)
+def test_spec_augment_sets_whole_stripes_to_each_bins_mean():
     x = torch.randn(4, 1, 64, 200)
-    augment = model.spec_augment
-    augment.train()
     torch.manual_seed(0)
-    augmented = augment(x)
-    dropped = augmented == 0
-    assert dropped.any(), "SpecAugment dropped nothing"
-    # stripes: a dropped frequency bin is dropped at every frame of that example, or a frame at every bin
-    assert torch.equal(augmented[~dropped], x[~dropped])
-    augment.eval()
-    assert torch.equal(augment(x), x)
+    augmented = SpecAugment(freq_mask_width=10, time_mask_width=20)(x)
+    changed = augmented != x
+    assert changed.any(), "SpecAugment changed nothing"
+    bin_mean = x.mean(dim=(0, 3), keepdim=True).expand_as(x)
+    assert torch.equal(augmented[changed], bin_mean[changed])
+    # stripes: a changed bin is in a frequency row or a time column changed as a whole
+    for clip in changed[:, 0]:
+        rows, columns = clip.all(dim=1), clip.all(dim=0)
+        assert torch.equal(clip, rows[:, None] | columns[None, :])
+
+
+def test_the_training_step_augments_any_classifier_but_evaluation_never(tmp_path):
+    """Augmentation is the training step's: a model of the user's gets it; predictions are untouched."""
+    torch.manual_seed(0)
+    inputs = torch.randn(8, 1, 16, 20) * 3 - 60
+    labels = torch.arange(8) % 2
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(16 * 20, 2)
+
+        def forward(self, x):
+            if self.training:
+                seen.append(x.detach().clone())
+            return self.linear(x.flatten(1))
+
+    model = Recorder()
+    removed = TrainingAugment(mask_dropout={"probability": 1.0, "max_removed": 0.75, "level": -100.0})
+    train.fit(model, inputs, labels, inputs, labels, epochs=1, lr=1e-3, batch_size=8,
+              device=torch.device("cpu"), seed=0, augment=removed)
+    assert len(seen) == 1 and (seen[0] == -100.0).any(), "the training batch was not masked"
+    kept = seen[0] != -100.0
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0))  # fit's order of the epoch
+    assert torch.equal(seen[0][kept], inputs[order][kept])
+    model.eval()
+    assert torch.equal(train.predict(model, inputs, 8, torch.device("cpu")),
+                       torch.softmax(model(inputs), dim=1))
 
 
 def test_fit_learns_and_keeps_best_epoch(tmp_path):

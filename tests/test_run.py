@@ -234,7 +234,7 @@ def bad_files(tmp_path_factory) -> Path:
     ("mask.ties=random", "error: mask.ties"),
     ("mask.names=[bin,foo]", "error: mask.names"),
     ("explainer=gradcam explainer.layer=conv_block9", "error: explainer.layer"),
-    ("explainer=lmac explainer.blocks=[2,7]", "error: explainer.blocks"),
+    ("explainer=lmac explainer.layers=[conv_block9]", "error: explainer.layers"),
     ("explainer=lmac explainer.area=2", "error: explainer.area"),
     ("batch_size=0", "error: batch_size: expected a positive integer, got 0"),
     ("eval_batch_size=-3", "error: eval_batch_size"),

@@ -7,6 +7,8 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
+from audiointerp.errors import AudioInterpError
+
 
 def content_seed(seed: int, values: Tensor) -> int:
     """A 63-bit seed from ``seed`` and the bytes of ``values``: random draws made from it depend on
@@ -39,7 +41,15 @@ class Explainer:
     needs_evidence: bool = False
 
     def check(self, model: nn.Module) -> None:
-        """Raise AudioInterpError if the explainer's settings do not fit ``model``; called before training."""
+        """Raise AudioInterpError if the explainer's settings do not fit ``model``; called before training.
+
+        Here: an explainer that runs the model on other clips (``needs_training_data``: a background,
+        a decoder's training) is refused for a classifier of audio, which hears a spectrogram only
+        with its own clip's phase (``audiointerp.models.waveform``)."""
+        if self.needs_training_data and getattr(model, "input_kind", "spectrogram") == "waveform":
+            raise AudioInterpError(f"explainer={type(self).__name__}: runs the classifier on training clips, whose "
+                                   "phase a waveform classifier's inverse does not have; use saliency, gradcam, "
+                                   "integrated_gradients, smoothgrad, lime, occlusion or random")
 
     def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor) -> None:
         """Called once with the training split's (N, 1, F, T) inputs and (N,) labels."""

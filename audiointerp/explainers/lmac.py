@@ -1,8 +1,10 @@
 """L-MAC: a decoder trained once on the frozen classifier's own activations to output a listenable mask.
 
 After Paissan, Ravanelli and Subakan, "Listenable Maps for Audio Classifiers" (ICML 2024); our own
-code. The decoder listens to the outputs of some of Cnn14's layers (conv blocks 3-6 by default, as
-published; layer 0 is the normalised input on its own grid), goes from the deepest up with
+code. The decoder listens to the outputs of some of the classifier's layers (``explainer.layers``;
+null: the classifier's choice, Cnn14's conv blocks 3-6 as published, or for any other network the
+last module on each of its deepest four grids; Cnn14's ``bn0`` is the normalised input on its own
+grid), goes from the deepest up with
 additive skips, U-Net-like (transposed convolutions as published, or bilinear upsampling), and
 ends in a sigmoid (or, ``squash=hard``, a hardsigmoid) mask M on the input's (F, T) grid. It is
 trained for the metrics it is judged by: the masked and complementary inputs of its loss are built
@@ -89,13 +91,6 @@ SELECTION_MASK = "topK_5"
 UPSAMPLING = ("transposed", "bilinear")
 
 
-def listened_layer(number: int) -> str:
-    """``explainer.blocks`` number -> the Cnn14 module whose output the decoder listens to: 0 is
-    ``bn0``, the spectrogram as the classifier normalised it, on the input's own (F, T) grid (its
-    finest: the masks follow the event's edges), 1-6 are ``conv_block1`` ... ``conv_block6``."""
-    return "bn0" if number == 0 else f"conv_block{number}"
-
-
 class MaskDecoder(nn.Module):
     """Activations of the listened layers (shallow to deep) -> (B, 1, F, T) mask in (0, 1).
 
@@ -159,8 +154,10 @@ class Lmac(Explainer):
     """``explainer=lmac``: the trained decoder's mask is the attribution.
 
     Args:
-        blocks: the layers whose outputs the decoder listens to (:func:`listened_layer`): 0 the
-            classifier's normalised input, 1-6 Cnn14's conv blocks.
+        layers: names of the classifier's modules whose (B, C, f, t) outputs the decoder listens to,
+            shallow to deep (Cnn14: ``bn0``, the spectrogram as the classifier normalised it, on the
+            input's own grid, where the masks follow the event's edges; ``conv_block1`` ...
+            ``conv_block6``), or None for the classifier's ``listened_layers()``.
         hidden: the decoder's channels.
         fine_channels: its channels on the finest grid (None: ``hidden``; :class:`MaskDecoder`).
         epochs, lr, batch_size: Adam on the training split.
@@ -178,17 +175,18 @@ class Lmac(Explainer):
     needs_training_data = True
     needs_validation_data = True
 
-    def __init__(self, blocks: Sequence[int] = (3, 4, 5, 6), hidden: int = 32, epochs: int = 10, lr: float = 1e-3,
+    def __init__(self, layers: Sequence[str] | None = None, hidden: int = 32, epochs: int = 10, lr: float = 1e-3,
                  batch_size: int = 16, weight_in: float = 4.0, weight_out: float = 0.2, weight_area: float = 0.4,
                  area: float | None = None, squash: str = "sigmoid", out_loss: str = "ce",
                  upsample: str = "transposed", fine_channels: int | None = None,
                  silence_level: float | None = SILENCE_DB, seed: int = 0, cache: bool = True,
                  cache_dir: str = "data/model_cache") -> None:
-        blocks = list(blocks)
-        if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or not 0 <= b <= 6 for b in blocks) \
-                or blocks != sorted(set(blocks)):
-            raise AudioInterpError("explainer.blocks: expected increasing layer numbers in 0-6 (0: the normalised "
-                                   f"input, 1-6: Cnn14's conv blocks), got {blocks!r}")
+        if layers is not None:
+            layers = list(layers)
+            if not layers or not all(isinstance(name, str) and name for name in layers) \
+                    or len(set(layers)) != len(layers):
+                raise AudioInterpError("explainer.layers: expected distinct module names, shallow to deep (e.g. "
+                                       f"[conv_block3, conv_block4]), or null for the model's choice, got {layers!r}")
         for option, value, minimum in (("hidden", hidden, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 2)):
             expect_int(f"explainer.{option}", value, minimum)
         if fine_channels is not None:
@@ -203,7 +201,7 @@ class Lmac(Explainer):
             raise AudioInterpError(f"explainer.upsample: expected one of {', '.join(UPSAMPLING)}, got {upsample!r}")
         if out_loss not in OUT_LOSSES:
             raise AudioInterpError(f"explainer.out_loss: expected one of {', '.join(OUT_LOSSES)}, got {out_loss!r}")
-        self.blocks = blocks
+        self.layers = layers
         self.hidden = hidden
         self.squash = squash
         self.out_loss = out_loss
@@ -218,38 +216,32 @@ class Lmac(Explainer):
         self.seed = seed
         self.cache = cache
         self.cache_dir = cache_dir
+        self.listened: list[str] = list(layers or ())
         self.decoder: MaskDecoder | None = None
         #: What training found: best_epoch, its valid FidIn and FF, loss and scores per epoch.
         self.training: dict = {}
 
     def settings(self) -> dict:
         """Everything besides the classifier and the data that determines the trained decoder."""
-        return {"blocks": self.blocks, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
+        return {"layers": self.layers, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
                 "batch_size": self.batch_size, "weights": list(self.weights), "area": self.area,
                 "squash": self.squash, "out_loss": self.out_loss, "upsample": self.upsample,
                 "fine_channels": self.fine_channels, "silence_level": self.silence_level, "seed": self.seed,
                 "code": hashing.file_sha256(__file__)}
 
     def check(self, model: nn.Module) -> None:
-        missing = [listened_layer(b) for b in self.blocks if not hasattr(model, listened_layer(b))]
-        if missing:
-            raise AudioInterpError(f"explainer.blocks: the model has no {missing[0]}; expected a Cnn14")
+        super().check(model)
+        for name in self.layers or ():
+            model.submodule(name, "explainer.layers")
 
     def _listen(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, list[Tensor]]:
         """One classifier forward: (B, C) logits and the listened layers' (B, C_b, F_b, T_b) outputs."""
-        activations: list[Tensor] = []
-
-        def keep(module: nn.Module, args, output: Tensor) -> None:
-            # bn0 normalises each frequency bin with the bins on its channel axis: (B, F, 1, T) back to (B, 1, F, T)
-            activations.append((output.transpose(1, 2) if module is model.bn0 else output).float())
-
-        hooks = [getattr(model, listened_layer(b)).register_forward_hook(keep) for b in self.blocks]
-        try:
-            logits = model(inputs)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return logits, activations
+        logits, activations = model.layer_outputs(inputs, self.listened)
+        for name, activation in zip(self.listened, activations):
+            if activation.dim() != 4:
+                raise AudioInterpError(f"explainer.layers: {name} outputs shape {tuple(activation.shape)}, not a "
+                                       "(B, C, f, t) map; set explainer.layers to modules that do")
+        return logits, [activation.float() for activation in activations]
 
     def _masks(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 1, F, T) masks of ``inputs`` and the classifier's (B, C) logits on them, from one forward."""
@@ -263,6 +255,8 @@ class Lmac(Explainer):
             raise AudioInterpError(f"{self!r}: needs the validation split to choose its best epoch")
         model.eval()
         device = model_device(model)
+        #: The modules listened to: ``layers``, or the classifier's choice.
+        self.listened = self.layers or model.listened_layers(train_inputs[:2].to(device))
         with torch.no_grad():
             _, activations = self._listen(model, train_inputs[:2].to(device))
 
@@ -303,7 +297,7 @@ class Lmac(Explainer):
     def _cache_key(self, model: nn.Module, *tensors: Tensor | None) -> str:
         # the classifier's passes while training: a decoder trained under bf16 is another decoder
         precision = str(getattr(model, "autocast_dtype", None))
-        digest = hashlib.sha256(json.dumps({**self.settings(), "precision": precision,
+        digest = hashlib.sha256(json.dumps({**self.settings(), "listened": self.listened, "precision": precision,
                                             "classifier": train.fingerprint(model)}, sort_keys=True).encode())
         for tensor in tensors:
             if tensor is not None:

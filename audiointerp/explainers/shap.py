@@ -47,7 +47,6 @@ from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import Explainer, content_seed, model_device
-from audiointerp.models.cnn14 import MaskDropout, SpecAugment
 
 #: Largest |sum of a clip's attributions - (f(x) - E[f(background)])| that passes the additivity
 #: check (shap's tolerance, absolute, on the logit).
@@ -56,8 +55,7 @@ ADDITIVITY_TOLERANCE = 0.01
 #: Leaf modules that are affine in their input in eval mode: their plain gradient is already the
 #: DeepLIFT multiplier, so they need no rule.
 _AFFINE_IN_EVAL = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
-                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.Flatten,
-                   SpecAugment, MaskDropout)
+                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
 
 
 class TargetLogit(nn.Module):
@@ -303,6 +301,13 @@ class DeepShap(_BackgroundShap):
             raise AudioInterpError(f"explainer.background_batch must be >= 1 or null, got {background_batch}")
         self.check_additivity = bool(check_additivity)
         self.background_batch = background_batch
+
+    def check(self, model: nn.Module) -> None:
+        super().check(model)
+        if isinstance(getattr(model, "network", model), torch.jit.ScriptModule):
+            raise AudioInterpError("explainer=shap: DeepSHAP rewrites the gradients of the model's ReLU and max-pool "
+                                   "modules, which a TorchScript model does not allow; use explainer=shap_gradient "
+                                   "(expected gradients), or give the model's class as model=module")
 
     def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor) -> None:
         super().prepare(model, train_inputs, train_labels)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.masks import SILENCE_DB
+from audiointerp.models.base import Classifier
 
 #: Channel counts of the six conv blocks of the full-size Cnn14.
 CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
@@ -27,85 +27,6 @@ CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
 #: the deep blocks mattered little (0.941 with blocks 5-6 in float32). Forward-only passes (scoring
 #: masks, LIME, Occlusion) run every block in bf16.
 GRADIENT_FLOAT32_BLOCKS = 3
-
-
-class SpecAugment(nn.Module):
-    """Zero out random frequency and time stripes of a normalised spectrogram (training only).
-
-    Applied after ``bn0`` as in PANNs, so zero is each bin's running mean rather than some dB value.
-    Widths are drawn uniformly from [0, width) per stripe and per example.
-    """
-
-    def __init__(self, freq_mask_width: int = 10, time_mask_width: int = 20, n_freq_masks: int = 2, n_time_masks: int = 2):
-        super().__init__()
-        self.freq_mask_width = freq_mask_width
-        self.time_mask_width = time_mask_width
-        self.n_freq_masks = n_freq_masks
-        self.n_time_masks = n_time_masks
-
-    def _stripes(self, batch: int, size: int, width: int, count: int, device: torch.device) -> Tensor:
-        """(batch, size) bool: True where any of ``count`` random stripes covers the position."""
-        if width <= 0 or count <= 0:
-            return torch.zeros(batch, size, dtype=torch.bool, device=device)
-        widths = torch.randint(0, width, (batch, count, 1), device=device)
-        starts = (torch.rand(batch, count, 1, device=device) * (size - widths).clamp(min=1)).long()
-        positions = torch.arange(size, device=device).view(1, 1, size)
-        return ((positions >= starts) & (positions < starts + widths)).any(dim=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, F, T) -> same shape with stripes set to zero."""
-        if not self.training:
-            return x
-        batch, _, n_freq, n_time = x.shape
-        freq_drop = self._stripes(batch, n_freq, self.freq_mask_width, self.n_freq_masks, x.device)
-        time_drop = self._stripes(batch, n_time, self.time_mask_width, self.n_time_masks, x.device)
-        drop = freq_drop[:, None, :, None] | time_drop[:, None, None, :]
-        return x.masked_fill(drop, 0.0)
-
-
-class MaskDropout(nn.Module):
-    """Set random bins of a dB spectrogram to the silence level, as a mask does (training only).
-
-    Removal-based metrics score an explanation by classifying masked inputs; a model that never
-    saw masked inputs answers them out of distribution, and the scores then measure that shift
-    rather than the explanation (Hase, Xie & Bansal, NeurIPS 2021, train on randomly masked
-    inputs for this reason). A share ``probability`` of training examples gets a random mask:
-    half of those i.i.d. over bins, half in coarse blocks (a random 8 x 16 grid stretched over
-    the spectrogram), each removing a share of bins drawn from [0, ``max_removed``).
-
-    Args:
-        probability: share of training examples masked; 0 turns it off.
-        max_removed: largest share of bins removed from one example.
-        level: dB of removed bins (the evaluation's ``mask.silence_level``); None = each
-            example's own minimum.
-    """
-
-    GRID = (8, 16)
-
-    def __init__(self, probability: float = 0.0, max_removed: float = 0.75, level: float | None = SILENCE_DB):
-        super().__init__()
-        if not 0.0 <= probability <= 1.0 or not 0.0 <= max_removed <= 1.0:
-            raise AudioInterpError(f"model.mask_dropout: expected probability and max_removed in [0, 1], "
-                                   f"got {probability!r} and {max_removed!r}")
-        self.probability = float(probability)
-        self.max_removed = float(max_removed)
-        self.level = level
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, 1, F, T) dB -> same shape, with removed bins at the silence level."""
-        if not self.training or self.probability == 0.0:
-            return x
-        batch, _, n_freq, n_time = x.shape
-        device = x.device
-        chosen = torch.rand(batch, 1, 1, 1, device=device) < self.probability
-        rate = torch.rand(batch, 1, 1, 1, device=device) * self.max_removed
-        fine = torch.rand(batch, 1, n_freq, n_time, device=device)
-        coarse = nn.functional.interpolate(torch.rand(batch, 1, *self.GRID, device=device), size=(n_freq, n_time),
-                                           mode="nearest")
-        blocky = torch.rand(batch, 1, 1, 1, device=device) < 0.5
-        removed = chosen & (torch.where(blocky, coarse, fine) < rate)
-        level = x.amin(dim=(1, 2, 3), keepdim=True) if self.level is None else torch.full_like(x[:, :, :1, :1], self.level)
-        return torch.where(removed, level.expand_as(x), x)
 
 
 class ConvBlock(nn.Module):
@@ -129,7 +50,17 @@ class ConvBlock(nn.Module):
         return self.dropout(self.pool(x))
 
 
-class Cnn14(nn.Module):
+class BinNorm(nn.BatchNorm2d):
+    """BatchNorm over the frequency bins of a (B, 1, F, T) spectrogram, as PANNs' ``bn0``: each bin
+    normalised on its own. Its output is (B, 1, F, T) like its input (the bins go to the channel axis
+    and back inside), so the normalised spectrogram can be listened to by name (L-MAC's ``bn0``).
+    Its parameters and state-dict keys are BatchNorm2d's over F channels."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class Cnn14(Classifier):
     """Cnn14 classifier: (B, 1, F, T) dB spectrogram -> (B, n_classes) logits.
 
     Args:
@@ -137,23 +68,19 @@ class Cnn14(nn.Module):
         n_classes: size of the classifier head.
         width: scales every channel count; 1.0 is the real Cnn14.
         dropout: dropout after each conv block and around fc1.
-        freq_mask_width, time_mask_width: SpecAugment stripe widths (bins, frames), training only.
-        mask_dropout, mask_dropout_max, silence_level: :class:`MaskDropout`'s probability,
-            max_removed and level, training only (0 = off, the PANNs recipe).
+
+    Training augmentations (SpecAugment, masked inputs) are the training step's
+    (``audiointerp.augment``, ``train.augment``), not the model's.
     """
 
-    def __init__(self, n_bins: int = 64, n_classes: int = 50, width: float = 1.0, dropout: float = 0.2,
-                 freq_mask_width: int = 10, time_mask_width: int = 20, mask_dropout: float = 0.0,
-                 mask_dropout_max: float = 0.75, silence_level: float | None = SILENCE_DB):
+    def __init__(self, n_bins: int = 64, n_classes: int = 50, width: float = 1.0, dropout: float = 0.2):
         super().__init__()
         if width <= 0:
             raise AudioInterpError(f"model.width must be > 0, got {width}")
         channels = [max(1, round(c * width)) for c in CNN14_CHANNELS]
         self.n_bins = n_bins
         self.n_classes = n_classes
-        self.mask_dropout = MaskDropout(mask_dropout, mask_dropout_max, silence_level)
-        self.bn0 = nn.BatchNorm2d(n_bins)
-        self.spec_augment = SpecAugment(freq_mask_width, time_mask_width)
+        self.bn0 = BinNorm(n_bins)
         in_channels = [1, *channels[:-1]]
         for index, (c_in, c_out) in enumerate(zip(in_channels, channels), start=1):
             self.add_module(f"conv_block{index}", ConvBlock(c_in, c_out, pool=index < 6, dropout=dropout))
@@ -165,13 +92,6 @@ class Cnn14(nn.Module):
         self.fc1_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(channels[-1], n_classes)
         self._init_weights()
-        #: What :meth:`forward` autocasts to (``audiointerp.models.PRECISIONS``); None = float32.
-        self.autocast_dtype: torch.dtype | None = None
-
-    def set_precision(self, autocast_dtype: torch.dtype | None) -> None:
-        """Run every later pass (forward, and the backward that mirrors it) under autocast to
-        ``autocast_dtype``, or in float32 for None; logits come back float32 either way."""
-        self.autocast_dtype = autocast_dtype
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -187,6 +107,14 @@ class Cnn14(nn.Module):
     def conv_blocks(self) -> list[ConvBlock]:
         return [getattr(self, f"conv_block{i}") for i in range(1, 7)]
 
+    def gradcam_layer(self) -> str:
+        """The reference's layer: block 6's last convolution (before its BatchNorm)."""
+        return "conv_block6.conv2"
+
+    def listened_layers(self, inputs: Tensor | None = None) -> list[str]:
+        """The published L-MAC decoder's: conv blocks 3-6."""
+        return [f"conv_block{i}" for i in range(3, 7)]
+
     def randomisation_cascade(self) -> list[tuple[str, list[nn.Module]]]:
         """Named layer groups from the output down, for cascading randomisation (audiointerp.sanity):
         the head (fc1 and the classifier), then conv_block6 ... conv_block1."""
@@ -198,22 +126,19 @@ class Cnn14(nn.Module):
         if x.shape[2] != self.n_bins:
             raise ValueError(f"Cnn14 was built for {self.n_bins} frequency bins, got input {tuple(x.shape)}")
         if self.autocast_dtype is None:
-            return self._logits(x)
+            return self.logits(x)
         exact_blocks = GRADIENT_FLOAT32_BLOCKS if torch.is_grad_enabled() and x.requires_grad else 0
         # Autocast here, around the model's own passes only: an explainer's arithmetic around them
         # (LIME's ridge regression, SHAP's multipliers) and the metrics stay float32.
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-            return self._logits(x, exact_blocks).float()
+            return self.logits(x, exact_blocks).float()
 
-    def _logits(self, x: Tensor, exact_blocks: int = 0) -> Tensor:
+    def logits(self, x: Tensor, exact_blocks: int = 0) -> Tensor:
         """Logits of (B, 1, F, T) ``x``; under autocast, ``bn0`` and the first ``exact_blocks`` conv
         blocks in float32 (:data:`GRADIENT_FLOAT32_BLOCKS`)."""
-        x = self.mask_dropout(x)
         blocks = self.conv_blocks
         with torch.autocast(x.device.type, enabled=False) if exact_blocks else contextlib.nullcontext():
-            # bn0 normalises each frequency bin: move bins to the channel axis and back.
-            x = self.bn0(x.transpose(1, 2)).transpose(1, 2)
-            x = self.spec_augment(x)
+            x = self.bn0(x)
             for block in blocks[:exact_blocks]:
                 x = block(x)
         for block in blocks[exact_blocks:]:
