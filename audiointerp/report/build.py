@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiointerp.report.collect import find_runs, per_clip_table
+from audiointerp.report.collect import find_runs, label_settings, per_clip_table
 from audiointerp.report.page import GALLERY_MASKS, figures, gallery, index_html
 from audiointerp.report.tables import build_tables, to_frame, to_latex, to_markdown
 
@@ -29,6 +29,7 @@ def write_report(paths: list[Path], out: Path, *, resamples: int = DEFAULT_RESAM
     """
     out = Path(out)
     runs = find_runs([Path(p) for p in paths], base=out.parent)
+    label_settings(runs)  # every setting runs differ in but the seed: named, never pooled over
     results = per_clip_table(runs)
     tables = build_tables(results, resamples=resamples, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)

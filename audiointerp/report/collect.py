@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from audiointerp.errors import AudioInterpError
 from audiointerp.outputs import RUN_COLUMNS
+from audiointerp.resume import INPUT_PATH_KEYS, NO_RESULT_KEYS
 
 #: Settings that define a condition; runs that differ only in ``seed`` are pooled (and counted).
 CONDITION_COLUMNS: tuple[str, ...] = ("data", "feature", "explainer", "noise", "silence_level")
+#: Config keys (dotted; a key names its whole subtree) whose values never set a run apart in the
+#: report: the seed (pooled, as an axis of its own), what changes no result (where caches live,
+#: shards), input paths (a folder moved is the same data; the run's identity holds their content),
+#: what only adds outputs (examples, sanity checks, the audio-domain columns), how fast it runs, and
+#: what the ``RUN_COLUMNS`` already name (the mask set, the silence level).
+IGNORED_SETTINGS: tuple[str, ...] = ("seed", "hydra", "n_examples", "device", "eval_batch_size", "channels_last",
+                                     "sanity", "sanity_clips", "audio_metrics", "mask.names", "mask.silence_level",
+                                     "explainer.internal_batch_size", "explainer.background_batch",
+                                     "explainer.perturbations_per_eval", "explainer.samples_per_batch",
+                                     *NO_RESULT_KEYS, *INPUT_PATH_KEYS)
+#: Config groups named by a run column: settings under them that differ between runs of the same
+#: option are written into that column (``lmac[area=0.1]``); any other differing setting goes into
+#: the ``setting`` column (``model.width=0.125``), which every table is grouped by.
+GROUP_COLUMNS: tuple[str, ...] = ("explainer", "noise", "feature", "data")
 #: A run folder: Hydra writes this when the run starts, run.json when it ends.
 _STARTED = Path(".hydra") / "config.yaml"
 _REPORT_FOLDER = "report"
@@ -28,6 +44,9 @@ class Run:
     name: str
     status: str
     settings: dict
+    #: The saved config (``.hydra/config.yaml``, interpolations unresolved), flattened to dotted keys,
+    #: less :data:`IGNORED_SETTINGS`; empty for a run without it.
+    config: dict = field(default_factory=dict)
 
 
 def find_runs(paths: list[Path], base: Path) -> list[Run]:
@@ -59,31 +78,109 @@ def find_runs(paths: list[Path], base: Path) -> list[Run]:
                 settings = {**report["run"], "class_names": report.get("class_names")}
             except (KeyError, ValueError):
                 missing = ["run identity in run.json (a run from before the report existed)"]
-        runs.append(Run(folder, name, "complete" if not missing else "incomplete: no " + ", ".join(missing), settings))
+        runs.append(Run(folder, name, "complete" if not missing else "incomplete: no " + ", ".join(missing), settings,
+                        saved_settings(folder) if not missing else {}))
     return sorted(runs, key=lambda run: run.name)
 
 
+def _ignored(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in IGNORED_SETTINGS)
+
+
+def _flatten(node, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        flat = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, (list, type(None), bool)) else str(node)}
+
+
+def saved_settings(folder: Path) -> dict[str, str]:
+    """``{dotted key: value as text}`` of the run's ``.hydra/config.yaml`` less :data:`IGNORED_SETTINGS`.
+
+    Interpolations stay unresolved (``${seed}``): a value that follows another setting differs only
+    where that setting does, and is not counted twice. {} when the file is missing or unreadable.
+    """
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(folder / _STARTED), resolve=False)
+    except Exception:  # noqa: BLE001 - a run without a readable config is compared by run.json alone
+        return {}
+    return {k: v for k, v in _flatten(config).items() if not _ignored(k)}
+
+
+def differing_settings(runs: list[Run]) -> list[str]:
+    """Dotted keys whose values differ between complete runs that share every ``RUN_COLUMNS`` value
+    but the seed: the settings those runs would otherwise be pooled over. Sorted."""
+    by_condition: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.status == "complete":
+            key = tuple(str(run.settings.get(c)) for c in RUN_COLUMNS if c != "seed")
+            by_condition.setdefault(key, []).append(run)
+    differing = set()
+    for group in by_condition.values():
+        keys = set().union(*(r.config for r in group))
+        differing |= {k for k in keys if len({r.config.get(k, "<unset>") for r in group}) > 1}
+    return sorted(differing)
+
+
+def label_settings(runs: list[Run]) -> list[str]:
+    """Give every complete run's ``settings`` the differing settings (:func:`differing_settings`) so
+    no table pools them: those under a :data:`GROUP_COLUMNS` group into that column's value
+    (``explainer=lmac[area=0.1]``), the rest into ``setting`` (``model.width=0.125, precision=bf16``;
+    empty when none). Returns the differing keys."""
+    differing = differing_settings(runs)
+    complete = [run for run in runs if run.status == "complete"]
+    # a group's setting names the runs of an option it varies for (lmac's area, not saliency's)
+    values: dict[tuple[str, str], set[str]] = {}
+    for run in complete:
+        for key in differing:
+            group = key.split(".", 1)[0]
+            if group in GROUP_COLUMNS:
+                values.setdefault((str(run.settings.get(group)), key), set()).add(run.config.get(key, "<unset>"))
+    for run in complete:
+        rest = []
+        suffixes: dict[str, list[str]] = {c: [] for c in GROUP_COLUMNS}
+        for key in differing:
+            group = key.split(".", 1)[0]
+            if group in GROUP_COLUMNS:
+                if len(values[(str(run.settings.get(group)), key)]) > 1:
+                    suffixes[group].append(f"{key.split('.', 1)[1]}={run.config.get(key, '<unset>')}")
+            else:
+                rest.append(f"{key}={run.config.get(key, '<unset>')}")
+        for column, parts in suffixes.items():
+            if parts:
+                run.settings[column] = f"{run.settings.get(column)}[{','.join(parts)}]"
+        run.settings["setting"] = ", ".join(rest)
+    return differing
+
+
+#: Per-clip files beside metrics/ whose columns join every mask's rows of their clip: the
+#: attribution against the ground truth, and its mask-free scores (deletion and insertion areas,
+#: IG's completeness error).
+CLIP_FILES: tuple[str, ...] = ("localization.csv", "clip_scores.csv")
+
+
 def per_clip_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per complete run x clip x mask: ``run``, the run's ``RUN_COLUMNS``, ``mask``, the
-    per-clip columns of metrics/<mask>.csv, and the clip's localization.csv scores where the run
+    """One row per complete run x clip x mask: ``run``, the run's ``RUN_COLUMNS`` and ``setting``
+    (as :func:`label_settings` left them; ``setting`` empty if it was not called), ``mask``, the
+    per-clip columns of metrics/<mask>.csv, and the clip's :data:`CLIP_FILES` columns where the run
     has them. Rows in (run, mask file, sample) order."""
     frames = []
     for run in runs:
         if run.status != "complete":
             continue
-        localization = None
-        if (run.path / "localization.csv").is_file():
-            localization = pd.read_csv(run.path / "localization.csv").drop(
-                columns=["clip_id", "label", "predicted", "is_correct"])
+        per_clip = [pd.read_csv(run.path / name).drop(columns=["clip_id", "label", "predicted", "is_correct"])
+                    for name in CLIP_FILES if (run.path / name).is_file()]
         for csv_path in sorted((run.path / "metrics").glob("*.csv")):
             frame = pd.read_csv(csv_path)
-            if localization is not None:
-                frame = frame.merge(localization, on="sample", how="left", validate="one_to_one")
+            for extra in per_clip:
+                frame = frame.merge(extra, on="sample", how="left", validate="one_to_one")
             frame.insert(0, "mask", csv_path.stem)
-            for position, column in enumerate(RUN_COLUMNS):
-                frame.insert(position, column, run.settings.get(column))
+            for position, column in enumerate((*RUN_COLUMNS, "setting")):
+                frame.insert(position, column, run.settings.get(column, ""))
             frame.insert(0, "run", run.name)
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["run", *RUN_COLUMNS, "mask"])
+        return pd.DataFrame(columns=["run", *RUN_COLUMNS, "setting", "mask"])
     return pd.concat(frames, ignore_index=True)

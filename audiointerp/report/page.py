@@ -192,7 +192,9 @@ def _html_table(table: Table, links: dict[str, str]) -> str:
         for m in table.metrics:
             mean, low, high = table.cells[row][m]
             css = ' class="best"' if row in best[m] else ""
-            cells.append(f"<td{css}>{_number(mean)} <span class=\"interval\">[{_number(low)}, {_number(high)}]</span></td>")
+            interval = "" if np.isnan(low) and np.isnan(high) else \
+                f" <span class=\"interval\">[{_number(low)}, {_number(high)}]</span>"
+            cells.append(f"<td{css}>{_number(mean)}{interval}</td>")
         body.append(f"<tr><td>{html.escape(row)}</td>{''.join(cells)}</tr>")
     files = " ".join(f'<a href="{html.escape(path)}">{kind}</a>' for kind, path in links.items())
     return (f"<table><caption>{html.escape(table.caption)} ({files})</caption>"
@@ -212,6 +214,9 @@ _KIND_TITLES = {
     "mask": "Per mask: the explainers compared",
     "noise": "Per explainer and mask: the noise conditions compared",
     "localization": "Against the ground truth (synthetic data): the explainers compared",
+    "ranking": "The attribution's ranking, no mask: deletion and insertion areas",
+    "seed_ranking": "Across seeds: how alike the seeds rank the explainers (Kendall's W)",
+    "seed_winner": "Across seeds: how often two seeds agree on the best explainer",
 }
 
 
@@ -225,13 +230,15 @@ def index_html(runs: list[Run], tables: list[Table], table_files: dict[int, dict
              f"<p>{len(complete)} complete runs of {len(runs)} found; {n_rows} rows (run × clip × mask) in "
              f'<a href="results.csv">results.csv</a>. Best mean per column in bold '
              f"(highest, lowest for {', '.join(sorted(LOWER_IS_BETTER))}); "
-             "intervals are 95 % bootstrap intervals of the mean over clips.</p>",
+             "intervals are 95 % bootstrap intervals of the mean over clips (hierarchical, seeds then clips, "
+             "where a row pools seeds). Runs that differ in any setting but the seed are never pooled: the "
+             "setting is in the explainer's (or noise's, ...) name or the table's caption.</p>",
              "<h2>Runs</h2><table><thead><tr><th>run</th><th>explainer</th><th>feature</th><th>data</th><th>noise</th>"
-             "<th>seed</th><th>status</th></tr></thead><tbody>"]
+             "<th>seed</th><th>setting</th><th>status</th></tr></thead><tbody>"]
     for run in runs:
         css = "" if run.status == "complete" else ' class="status-bad"'
         values = "".join(f"<td>{html.escape(str(run.settings.get(k, '')))}</td>"
-                         for k in ("explainer", "feature", "data", "noise", "seed"))
+                         for k in ("explainer", "feature", "data", "noise", "seed", "setting"))
         parts.append(f"<tr><td>{html.escape(run.name)}</td>{values}<td{css}>{html.escape(run.status)}</td></tr>")
     parts.append("</tbody></table>")
 

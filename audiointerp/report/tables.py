@@ -1,8 +1,18 @@
 """The reference's results tables, every cell a mean over clips with a bootstrap confidence interval,
-written as Markdown, LaTeX (booktabs, best value in bold) and CSV."""
+written as Markdown, LaTeX (booktabs, best value in bold) and CSV.
+
+Runs are pooled into one cell only when they differ in nothing but the seed (the report's
+``setting`` column and the suffixes of ``explainer`` and the other run columns hold whatever else
+differs; :mod:`audiointerp.report.collect`). A cell pooled over several seeds is the mean of the
+seeds' means, and its interval a hierarchical bootstrap (:func:`hierarchical_interval`): seeds are
+resampled, then clips within each resampled seed, so the spread between seeds (between trained
+models) widens it, as it should; clips of one model are not independent draws of another's.
+"""
 
 from __future__ import annotations
 
+import itertools
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -15,8 +25,10 @@ from audiointerp.masks import MASK_NAMES
 TABLE_METRICS: tuple[str, ...] = ("FF", "AI", "AG", "FidIn", "SPS", "AD", "COMP")
 #: Scores of the attribution against the ground truth, tabled where runs have them.
 LOCALIZATION_METRICS: tuple[str, ...] = ("relevance_mass", "relevance_rank", "pointing_game", "auroc")
+#: Scores of the attribution itself with no mask (``clip_scores.csv``), tabled where runs have them.
+CLIP_SCORE_METRICS: tuple[str, ...] = ("deletion_auc", "insertion_auc", "ig_completeness_error")
 #: Lower is better for these; higher for every other metric.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"AD", "COMP"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"AD", "COMP", "deletion_auc", "ig_completeness_error"})
 CONFIDENCE = 0.95
 
 
@@ -40,6 +52,60 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int, key: str) 
     return float(values.mean()), float(low), float(high)
 
 
+def hierarchical_interval(groups: list[np.ndarray], resamples: int, seed: int,
+                          key: str) -> tuple[float, float, float]:
+    """Mean of the groups' means (a group: one seed's per-clip values; NaN dropped, empty groups
+    left out) and its two-level percentile bootstrap interval at ``CONFIDENCE``: each resample draws
+    as many groups as there are, with replacement, then each drawn group's clips with replacement.
+    One group is :func:`bootstrap_interval` of its values. Seeded like it, by ``seed`` and ``key``.
+
+    Returns:
+        (mean, low, high); all NaN for no values.
+    """
+    groups = [g[~np.isnan(g)] for g in (np.asarray(g, dtype=np.float64) for g in groups)]
+    groups = [g for g in groups if g.size]
+    if len(groups) <= 1:
+        return bootstrap_interval(groups[0] if groups else np.array([]), resamples, seed, key)
+    generator = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    n_groups = len(groups)
+    drawn = generator.integers(0, n_groups, size=(resamples, n_groups))  # (R, S) which seed fills each slot
+    # each group's clip-resampled means for every slot it could fill: (S, R, S)
+    inner = np.stack([g[generator.integers(0, g.size, size=(resamples, n_groups, g.size))].mean(axis=2)
+                      for g in groups])
+    means = np.take_along_axis(inner, drawn[None], axis=0)[0].mean(axis=1)  # (R,)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(np.mean([g.mean() for g in groups])), float(low), float(high)
+
+
+def kendalls_w(scores: np.ndarray) -> float:
+    """Kendall's coefficient of concordance of ``scores`` (m raters x n objects: seeds x explainers),
+    ranked within each rater (ties at average ranks, with the tie correction): 1 when every seed ranks
+    the explainers alike, near 0 when the seeds' rankings are unrelated. NaN for fewer than 2 of
+    either, or when every rater ties everything."""
+    scores = np.asarray(scores, dtype=np.float64)
+    m, n = scores.shape
+    if m < 2 or n < 2 or np.isnan(scores).any():
+        return float("nan")
+    ranks = np.stack([pd.Series(row).rank(method="average").to_numpy() for row in scores])
+    totals = ranks.sum(axis=0)
+    spread = ((totals - totals.mean()) ** 2).sum()
+    ties = sum(((counts ** 3) - counts).sum() for counts in (np.unique(row, return_counts=True)[1] for row in scores))
+    denominator = m ** 2 * (n ** 3 - n) - m * ties
+    return float(12 * spread / denominator) if denominator > 0 else float("nan")
+
+
+def winner_agreement(scores: np.ndarray, lower_is_better: bool) -> float:
+    """Share of pairs of seeds (rows of ``scores``, seeds x explainers) whose best explainers are the
+    same (the same set, where a seed has ties). NaN for fewer than 2 seeds."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) < 2 or np.isnan(scores).any():
+        return float("nan")
+    best = [frozenset(np.flatnonzero(row == (row.min() if lower_is_better else row.max()))) for row in scores]
+    pairs = list(itertools.combinations(best, 2))
+    return float(np.mean([a == b for a, b in pairs]))
+
+
 @dataclass
 class Table:
     """One table: ``cells[row][metric] = (mean, low, high)``; ``caption`` says what was pooled."""
@@ -52,10 +118,14 @@ class Table:
     cells: dict[str, dict[str, tuple[float, float, float]]]
     caption: str
     counts: dict[str, int] = field(default_factory=dict)
+    #: False for tables of statistics that are no score to win on (the seeds' agreement).
+    mark_best: bool = True
 
     def best(self, metric: str) -> set[str]:
         """The rows with the best mean in ``metric`` (highest, lowest for ``LOWER_IS_BETTER``), ties
         included; none when every row has the same mean (nothing stands out)."""
+        if not self.mark_best:
+            return set()
         means = {row: self.cells[row][metric][0] for row in self.rows if not np.isnan(self.cells[row][metric][0])}
         if len(set(means.values())) < 2:
             return set()
@@ -64,7 +134,20 @@ class Table:
 
 
 def _label(frame: pd.DataFrame, columns: list[str]) -> str:
-    return ", ".join(f"{c}={frame[c].iloc[0]}" for c in columns)
+    return ", ".join(str(frame[c].iloc[0]) if c == "setting" else f"{c}={frame[c].iloc[0]}" for c in columns)
+
+
+def _file_name(frame: pd.DataFrame, fixed: list[str]) -> str:
+    """The table's file name: its fixed values joined by ``_``, characters a file name should not
+    hold replaced (``lmac[area=0.1]`` -> ``lmac-area=0.1``)."""
+    name = "_".join(str(frame[c].iloc[0]).replace("]", "") for c in fixed)
+    return re.sub(r"[^\w.=+-]+", "-", name).strip("-")
+
+
+def _units(selected: pd.DataFrame, metric: str) -> list[np.ndarray]:
+    """The per-clip values of ``metric`` in ``selected``, one array per seed, in seed order (runs that
+    differ in nothing else, so runs of one seed are one model's clips)."""
+    return [group[metric].to_numpy() for _, group in selected.groupby("seed", sort=True)]
 
 
 def _order(values, preferred: tuple[str, ...] = ()) -> list[str]:
@@ -75,20 +158,59 @@ def _order(values, preferred: tuple[str, ...] = ()) -> list[str]:
 def _table(frame: pd.DataFrame, kind: str, fixed: list[str], row_column: str, metrics: list[str],
            resamples: int, seed: int, note: str = "") -> Table:
     rows = _order(frame[row_column], MASK_NAMES if row_column == "mask" else ())
-    name = "_".join(str(frame[c].iloc[0]) for c in fixed)
+    fixed = [c for c in fixed if c != "setting" or str(frame[c].iloc[0])]
+    name = _file_name(frame, fixed)
     cells, counts = {}, {}
     for row in rows:
         selected = frame[frame[row_column].astype(str) == row]
         counts[row] = len(selected)
-        cells[row] = {m: bootstrap_interval(selected[m].to_numpy(), resamples, seed, f"{kind}/{name}/{row}/{m}")
+        cells[row] = {m: hierarchical_interval(_units(selected, m), resamples, seed, f"{kind}/{name}/{row}/{m}")
                       for m in metrics}
     n_seeds = frame["seed"].nunique()
     clips = sorted(set(counts.values()))
     clip_text = f"{clips[0]} clips" if len(clips) == 1 else f"{clips[0]}-{clips[-1]} clips"
-    seeds = f", pooled over {n_seeds} seeds" if n_seeds > 1 else ""
-    caption = (f"{_label(frame, fixed)}{note}: mean over {clip_text} per row{seeds}, "
-               f"[{CONFIDENCE:.0%} bootstrap interval, {resamples} resamples]")
+    if n_seeds > 1:
+        seeds = ", ".join(map(str, sorted(frame["seed"].unique())))
+        caption = (f"{_label(frame, fixed)}{note}: mean of the seeds' means, {clip_text} per row, pooled over "
+                   f"{n_seeds} seeds ({seeds}) [{CONFIDENCE:.0%} hierarchical bootstrap interval: seeds, then clips "
+                   f"within each; {resamples} resamples]")
+    else:
+        caption = (f"{_label(frame, fixed)}{note}: mean over {clip_text} per row, "
+                   f"[{CONFIDENCE:.0%} bootstrap interval, {resamples} resamples]")
     return Table(kind, name, row_column, rows, metrics, cells, caption, counts)
+
+
+def _seed_tables(frame: pd.DataFrame, fixed: list[str], masks: list[str], metrics: list[str]) -> list[Table]:
+    """Across seeds, per mask and metric, how stable the explainers' ranking is: Kendall's W of the
+    seeds' rankings (``seed_ranking``) and the share of seed pairs that agree on the winner
+    (``seed_winner``). Only seeds every explainer has are used; none without 2 seeds and 2 explainers."""
+    fixed = [c for c in fixed if c != "setting" or str(frame[c].iloc[0])]
+    explainers = sorted(frame["explainer"].astype(str).unique())
+    seeds = sorted(set.intersection(*(set(frame.loc[frame["explainer"].astype(str) == e, "seed"]) for e in explainers)))
+    if len(explainers) < 2 or len(seeds) < 2:
+        return []
+    frame = frame[frame["seed"].isin(seeds)]
+    name = _file_name(frame, fixed)
+    w_cells, agree_cells = {}, {}
+    for mask in masks:
+        rows = frame[frame["mask"] == mask]
+        per_seed = rows.groupby(["seed", "explainer"])[metrics].mean()
+        w_cells[mask], agree_cells[mask] = {}, {}
+        for metric in metrics:
+            grid = np.array([[per_seed.loc[(s, e), metric] if (s, e) in per_seed.index else np.nan for e in explainers]
+                             for s in seeds])
+            nan = float("nan")
+            w_cells[mask][metric] = (kendalls_w(grid), nan, nan)
+            agree_cells[mask][metric] = (winner_agreement(grid, metric in LOWER_IS_BETTER), nan, nan)
+    label = _label(frame, fixed)
+    about = f"{len(explainers)} explainers ({', '.join(explainers)}) over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+    counts = {mask: len(seeds) for mask in masks}
+    return [Table("seed_ranking", name, "mask", masks, metrics, w_cells,
+                  f"{label}: Kendall's W of the explainers' ranking by each seed's mean, {about}; "
+                  "1 = every seed ranks them alike", counts, mark_best=False),
+            Table("seed_winner", name, "mask", masks, metrics, agree_cells,
+                  f"{label}: share of pairs of seeds that agree on the best explainer, {about}", counts,
+                  mark_best=False)]
 
 
 def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table]:
@@ -98,15 +220,26 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
     - ``condition_correct`` / ``condition_incorrect``: the same on correctly / wrongly classified clips;
     - ``mask``: per (data, feature, noise, mask), the explainers compared;
     - ``noise``: per (data, feature, explainer, mask), the noise conditions compared;
+    - ``seed_ranking`` / ``seed_winner``: per (data, feature, noise), where explainers share 2 or
+      more seeds, how stable their ranking is across seeds, per mask and metric (:func:`kendalls_w`,
+      :func:`winner_agreement`);
     - ``localization``: per (data, feature, noise), the explainers' scores against the ground truth
-      (runs with evidence only; one row per clip, not per mask).
-    The silence level is part of a condition only when the report's runs differ in it.
+      (runs with evidence only; one row per clip, not per mask);
+    - ``ranking``: per (data, feature, noise), the explainers' deletion and insertion areas (and IG's
+      completeness error), which score the attribution's ranking with no mask (one row per clip).
+    The silence level and the ``setting`` column (every other setting runs differ in but the seed)
+    are part of a condition only when the report's runs differ in them; cells pooled over seeds
+    have hierarchical intervals (:func:`hierarchical_interval`).
     """
     if results.empty:
         return []
     results = results.copy()
     results["silence_level"] = results["silence_level"].astype(str)
-    conditions = ["data", "feature"] + (["silence_level"] if results["silence_level"].nunique() > 1 else [])
+    if "setting" not in results.columns:
+        results["setting"] = ""
+    results["setting"] = results["setting"].fillna("").astype(str)
+    conditions = ["data", "feature"] + (["silence_level"] if results["silence_level"].nunique() > 1 else []) \
+        + (["setting"] if results["setting"].nunique() > 1 else [])
     tables: list[Table] = []
 
     def grouped(frame: pd.DataFrame, fixed: list[str]):
@@ -125,6 +258,9 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
         fixed = [*conditions, "noise", "mask"]
         for group in grouped(results, fixed):
             tables.append(_table(group, "mask", fixed, "explainer", list(TABLE_METRICS), resamples, seed))
+        fixed = [*conditions, "noise"]
+        for group in grouped(results, fixed):
+            tables.extend(_seed_tables(group, fixed, _order(group["mask"], MASK_NAMES), list(TABLE_METRICS)))
     if results["noise"].nunique() > 1:
         fixed = [*conditions, "explainer", "mask"]
         for group in grouped(results, fixed):
@@ -136,6 +272,15 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
         fixed = [*conditions, "noise"]
         for group in grouped(per_clip, fixed):
             tables.append(_table(group, "localization", fixed, "explainer", present, resamples, seed))
+    present = [m for m in CLIP_SCORE_METRICS if m in results.columns]
+    if present:
+        # the attribution's own scores also repeat on every mask's row
+        per_clip = results.dropna(subset=present, how="all").drop_duplicates(subset=["run", "sample"])
+        fixed = [*conditions, "noise"]
+        for group in grouped(per_clip, fixed):
+            shown = [m for m in present if group[m].notna().any()]
+            tables.append(_table(group, "ranking", fixed, "explainer", shown, resamples, seed,
+                                 note=" (the attribution's ranking, no mask: deletion and insertion areas)"))
     return tables
 
 
@@ -161,7 +306,7 @@ def to_markdown(table: Table) -> str:
         cells = []
         for m in table.metrics:
             mean, low, high = table.cells[row][m]
-            text = f"{_number(mean)} [{_number(low)}, {_number(high)}]"
+            text = _number(mean) if np.isnan(low) and np.isnan(high) else f"{_number(mean)} [{_number(low)}, {_number(high)}]"
             cells.append(f"**{text}**" if row in best[m] else text)
         lines.append("| " + " | ".join([row.replace("_", "\\_"), *cells]) + " |")
     return "\n".join(lines) + "\n"
