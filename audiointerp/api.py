@@ -361,8 +361,11 @@ def _explain_clips(audio: Any, model: ModelInput, setup: _Setup, *, target: Any 
         _check_classes(network, setup, clips, targets, label_values)
     collected: list[pipeline.Example] = []
     cfg = setup.cfg
-    with _deterministic_kernels(setup.device), _precision(network, setup):
-        torch.manual_seed(cfg.seed)  # explainers draw from their own generators; a model's dropout would not
+    # the caller's random streams are left as they were; inside, seeded as a run is (explainers draw
+    # from their own generators, but a user's module may draw from torch's)
+    cuda = [setup.device.index or 0] if setup.device.type == "cuda" else []
+    with _deterministic_kernels(setup.device), _precision(network, setup), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(cfg.seed)
         results = pipeline.explain_and_score(
             network, setup.explainer, setup.feature, clips, mask_names=setup.mask_names,
             silence_level=cfg.mask.silence_level, ties=cfg.mask.ties, batch_size=cfg.batch_size,

@@ -281,16 +281,19 @@ def state():
                        + ":" + str(dict.__getitem__(matplotlib.rcParams, "backend")),
             "umask": [l.split()[1] for l in status.splitlines() if l.startswith("Umask:")][0],
             "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "rng": torch.random.get_rng_state().sum().item(),
             "flush_denormal": float(tiny * 1.0) == 0.0}
 
 os.umask(0o027)
+torch.manual_seed(1234)
+noise = torch.randn(32000) * 0.1
+model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                            torch.nn.Linear(2, 3))
 before = state()
 import audiointerp
 after_import = state()
 from hydra.core.global_hydra import GlobalHydra
-result = audiointerp.explain(torch.randn(32000) * 0.1, torch.nn.Sequential(
-    torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2, 3)),
-    overrides=["mask.names=[bin]", "device=cpu"])
+result = audiointerp.explain(noise, model, overrides=["mask.names=[bin]", "device=cpu"])
 result.plot("bin")
 result.save(sys.argv[1])
 after_use = state()
