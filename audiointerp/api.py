@@ -515,8 +515,8 @@ def explain(audio: AudioInput, model: ModelInput, explainer: str | Explainer = "
         overrides: command-line overrides, the run's keys: ``["explainer.layer=conv2", "mask=binary",
             "precision=bf16", "device=cpu", "explainer.num_samples=200"]``.
         target: None explains the predicted class; an int explains that class for every clip, a list
-            or tensor one class per clip. The metrics are scored for the predicted class, as they are
-            defined (FF is the drop of the predicted class's probability), whatever is explained.
+            or tensor one class per clip. The metrics score the explained class (FF is the drop of its
+            probability when its evidence is removed, Fid-In whether the masked input is still it).
 
     Returns:
         An :class:`Explanation`.

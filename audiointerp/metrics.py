@@ -92,10 +92,11 @@ def entropy(mask: Tensor) -> Tensor:
     return result.to(torch.float32)
 
 
-def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor,
+          target: Tensor | None = None) -> dict[str, Tensor]:
     """All of ``METRIC_NAMES`` for one mask, per clip.
 
-    With c = argmax p per row:
+    With c = ``target`` (the explained class), or argmax p per row when None:
     FF = p_c - p_unmasked_c; AI = 100 [p_masked_c > p_c];
     AD = 100 max(0, p_c - p_masked_c) / (p_c + 1e-6);
     AG = 100 max(0, p_masked_c - p_c) / (1 - p_c + 1e-6);
@@ -106,6 +107,7 @@ def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor) -> dict
         p_masked: (B, C) probabilities on the inputs restricted to the mask.
         p_unmasked: (B, C) probabilities on the inputs with the mask removed.
         mask: (B, 1, F, T) mask (any shape with leading B).
+        target: (B,) int64 explained class per clip, or None for the predicted one.
 
     Returns:
         ``{metric: (B,) float32}`` in ``METRIC_NAMES`` order, on p's device.
@@ -118,15 +120,16 @@ def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor) -> dict
     if mask.dim() < 1 or mask.shape[0] != p.shape[0]:
         raise ValueError(f"mask must have leading batch size {p.shape[0]}, got shape {tuple(mask.shape)}")
 
-    results = {**faithfulness(p, p_masked, p_unmasked), "SPS": gini(mask), "COMP": entropy(mask)}
+    results = {**faithfulness(p, p_masked, p_unmasked, target), "SPS": gini(mask), "COMP": entropy(mask)}
     return {name: results[name].to(device=p.device, dtype=torch.float32) for name in METRIC_NAMES}
 
 
-def faithfulness(p: Tensor, p_masked: Tensor, p_unmasked: Tensor) -> dict[str, Tensor]:
+def faithfulness(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, target: Tensor | None = None) -> dict[str, Tensor]:
     """The ``FAITHFULNESS_NAMES`` metrics of :func:`score`, which need no mask, per clip.
 
     Args:
         p, p_masked, p_unmasked: (B, C) probabilities, as for :func:`score`.
+        target: (B,) explained classes, or None for argmax p.
 
     Returns:
         ``{metric: (B,) float32}`` in ``FAITHFULNESS_NAMES`` order, on p's device.
@@ -135,7 +138,7 @@ def faithfulness(p: Tensor, p_masked: Tensor, p_unmasked: Tensor) -> dict[str, T
     p_masked = p_masked.detach().to(device=p.device, dtype=torch.float64)
     p_unmasked = p_unmasked.detach().to(device=p.device, dtype=torch.float64)
 
-    predicted = p.argmax(dim=1, keepdim=True)  # (B, 1)
+    predicted = p.argmax(dim=1, keepdim=True) if target is None else target.to(p.device).long().view(-1, 1)  # (B, 1)
     p_c = p.gather(1, predicted).squeeze(1)
     masked_c = p_masked.gather(1, predicted).squeeze(1)
     unmasked_c = p_unmasked.gather(1, predicted).squeeze(1)

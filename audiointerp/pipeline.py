@@ -173,7 +173,7 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
     with the model channels-last (:func:`audiointerp.models.channels_last`); the explainer's do not.
 
     ``targets``: (N,) int64, the class each clip's attribution explains instead of the predicted one
-    (:func:`audiointerp.explain`'s ``target``); the metrics still score the predicted class.
+    (:func:`audiointerp.explain`'s ``target``); the metrics then score that class.
     """
     store = BatchStore() if store is None else store
     n_batches = -(-len(clips) // batch_size)
@@ -256,12 +256,13 @@ def _explain_batch(model: nn.Module, explainer: Explainer, feature, clips: ClipS
         for position, name in enumerate(masks):
             p_masked = variant_probabilities[position]
             p_unmasked = variant_probabilities[len(masks) + position]
-            columns = {**score(p, p_masked, p_unmasked, masks[name]), **mask_statistics(masks[name]),
+            columns = {**score(p, p_masked, p_unmasked, masks[name], target), **mask_statistics(masks[name]),
                        "predicted_masked": p_masked.argmax(dim=1), "predicted_unmasked": p_unmasked.argmax(dim=1)}
             if evidence is not None and name in BINARY_MASK_NAMES:
                 columns.update(mask_scores(masks[name], evidence))
             if audio_metrics:
-                heard = faithfulness(p, audio_probabilities[position], audio_probabilities[len(masks) + position])
+                heard = faithfulness(p, audio_probabilities[position], audio_probabilities[len(masks) + position],
+                                     target)
                 columns.update({f"{m}_audio": heard[m] for m in FAITHFULNESS_NAMES})
             metric_columns[name] = {column: values.cpu() for column, values in columns.items()}
         localization = {} if evidence is None else {c: v.cpu() for c, v in attribution_scores(attribution, evidence).items()}

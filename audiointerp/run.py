@@ -171,7 +171,7 @@ def _run(context: Run, alone: bool) -> Path:
                                          desc=f"{split} spectrograms"), clips.labels
 
     def load_train_valid():  # only called when a model must be trained, so a cache hit downloads nothing
-        if cfg.model.pretrained == "panns":
+        if cfg.model.get("pretrained") == "panns":
             load_panns_weights(model, fetch_panns_checkpoint(Path(to_absolute_path(cfg.model.pretrained_dir))))
         return (*split_inputs("train"), *split_inputs("valid"))
 

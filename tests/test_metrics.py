@@ -203,3 +203,17 @@ def test_gini_and_entropy_are_per_sample_in_a_batch():
     batch = torch.cat([mask, torch.ones_like(mask), torch.zeros_like(mask)])
     _close(gini(batch), [kept * (n - kept) / (n * (kept + n * 1e-7)), 0.0, 0.0], atol=1e-6)
     _close(entropy(batch), [math.log(kept), 0.0, 0.0], atol=1e-5)
+
+
+def test_an_explained_class_other_than_the_predicted_one_is_the_class_scored():
+    p = torch.tensor([[0.7, 0.2, 0.1]])
+    p_masked = torch.tensor([[0.5, 0.4, 0.1]])
+    p_unmasked = torch.tensor([[0.8, 0.05, 0.15]])
+    mask = torch.ones(1, 1, 2, 2)
+    predicted = score(p, p_masked, p_unmasked, mask)
+    explained = score(p, p_masked, p_unmasked, mask, target=torch.tensor([1]))
+    torch.testing.assert_close(predicted["FF"], torch.tensor([0.7 - 0.8]))
+    torch.testing.assert_close(explained["FF"], torch.tensor([0.2 - 0.05]))
+    assert float(explained["AI"]) == 100.0 and float(predicted["AI"]) == 0.0  # class 1 rose when kept alone
+    torch.testing.assert_close(explained["AG"], torch.tensor([100 * 0.2 / (0.8 + 1e-6)]))
+    assert float(explained["FidIn"]) == 0.0 and float(predicted["FidIn"]) == 1.0  # the masked input is class 0

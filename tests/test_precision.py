@@ -8,6 +8,7 @@ import scipy.stats
 import torch
 
 from audiointerp import models, pipeline
+from audiointerp.curves import CURVE_STEPS
 from audiointerp.explainers.random import RandomAttribution
 from audiointerp.explainers.saliency import Saliency
 from audiointerp.models import cnn14
@@ -94,8 +95,9 @@ def test_each_clip_is_classified_once_as_it_is_and_once_per_masked_and_complemen
                                              batch_size=4, eval_batch_size=64, device=CPU)
     finally:
         hook.remove()
-    # 6 originals, then 3 masked and 3 complementary copies of each: the random explainer runs no pass
-    assert sum(rows) == 6 + 2 * 3 * 6, rows
+    # 6 originals, then 3 masked and 3 complementary copies of each (the random explainer runs no
+    # pass), then the inner points of each clip's deletion and insertion curves (audiointerp.curves)
+    assert sum(rows) == 6 + 2 * 3 * 6 + (2 * CURVE_STEPS - 1) * 6, rows
     with torch.no_grad():
         expected = torch.softmax(model(feature(clips.waveforms[:6]).log_db), dim=1)
     assert torch.allclose(results.probabilities, expected, atol=1e-6)
