@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from audiointerp import sanity, train
 from audiointerp.explainers.gradcam import GradCam
@@ -13,7 +14,7 @@ from audiointerp.explainers.oracle import Oracle
 from audiointerp.localization import evidence_mask
 from audiointerp.explainers.random import RandomAttribution
 from audiointerp.explainers.saliency import Saliency
-from audiointerp.explainers.shap import DeepShap
+from audiointerp.explainers.shap import ADDITIVITY_TOLERANCE, DeepShap
 from audiointerp.sanity import rank_correlation, structural_similarity
 
 CPU = torch.device("cpu")
@@ -112,11 +113,30 @@ def test_random_and_oracle_are_flagged_as_independent_and_the_gradient_methods_a
         assert not any("independent of the model" in line for line in sanity.verdict(name, summary)), summary
 
 
+class _RecordingDeepShap(DeepShap):
+    """DeepShap as it is, recording per call what the additivity it claims is measured against:
+    the sum of each clip's attributions, and f(x) - E[f(background)] of the target logit computed
+    here, with plain forwards of the model as it is at that call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[Tensor, Tensor, Tensor]] = []  # (sums (B,), f(x) (B,), E[f(background)] (B,))
+
+    def attribute(self, model, inputs, target):
+        attributions = super().attribute(model, inputs, target)
+        with torch.no_grad():
+            rows = torch.arange(len(inputs))
+            clip_logit = model(inputs)[rows, target]
+            expected = model(self.background).mean(dim=0)[target]
+        self.calls.append((attributions.sum(dim=(1, 2, 3)), clip_logit, expected))
+        return attributions
+
+
 def test_shap_rebuilds_its_expected_value_for_the_randomised_model(trained):
     """DeepShap's additivity check compares with E[f(background)] of the model as it is at each call
     (it keeps nothing computed from the weights): it holds at every randomised step."""
     model, feature, clips = trained
-    explainer = DeepShap(per_class=1, background_batch=None)
+    explainer = _RecordingDeepShap(per_class=1, background_batch=None)  # check_additivity on, as in runs
     background = clips.subset(slice(0, 16))
     explainer.prepare(model, feature(background.waveforms).log_db, background.labels)
     inputs = feature(clips.waveforms[16:18]).log_db
@@ -124,5 +144,14 @@ def test_shap_rebuilds_its_expected_value_for_the_randomised_model(trained):
     rows = sanity.randomisation_checks(model, explainer, inputs, clips.clip_ids[16:18],
                                        n_classes=len(clips.class_names), seed=0, batch_size=2)
     assert train.fingerprint(model) == before and len(rows) == 2 * 8
-    after = explainer.attribute(model, inputs, model(inputs).argmax(dim=1))
-    assert torch.isfinite(after).all()
+    # one call for the trained model, one per randomised step, one for the random class
+    assert len(explainer.calls) == 1 + 7 + 1
+    for step, (sums, clip_logit, expected) in enumerate(explainer.calls):
+        torch.testing.assert_close(sums, clip_logit - expected, atol=ADDITIVITY_TOLERANCE, rtol=0,
+                                   msg=lambda m: f"call {step}: attributions do not sum to f(x) - E[f(background)] "
+                                                 f"of the model at that call; {m}")
+    # the randomised models' expected values are other values, beyond the check's tolerance: an
+    # expected value kept from the trained model would fail the check (and this test)
+    trained_expected = explainer.calls[0][2]
+    assert max((expected - trained_expected).abs().max() for _, _, expected in explainer.calls[1:-1]) \
+        > 2 * ADDITIVITY_TOLERANCE
