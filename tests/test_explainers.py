@@ -33,7 +33,7 @@ def test_saliency_is_the_target_logit_gradient(model_and_inputs):
 
 
 def _block6_input(model, inputs):
-    x = model.bn0(inputs.transpose(1, 2)).transpose(1, 2)
+    x = model.bn0(inputs)  # BinNorm: each frequency bin normalised, (B, 1, F, T) in and out
     for block in model.conv_blocks[:5]:
         x = block(x)
     return x
@@ -81,5 +81,5 @@ def test_gradcam_layer_option_weighs_the_chosen_module(model_and_inputs):
 
 def test_gradcam_unknown_layer_names_the_option(model_and_inputs):
     model, inputs = model_and_inputs
-    with pytest.raises(AudioInterpError, match="explainer.layer: Cnn14 has no module 'conv_block9'"):
+    with pytest.raises(AudioInterpError, match=r"explainer.layer: the model \(Cnn14\) has no module 'conv_block9'"):
         GradCam(layer="conv_block9").attribute(model, inputs, torch.tensor([0, 0, 0]))

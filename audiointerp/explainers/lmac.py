@@ -236,6 +236,8 @@ class Lmac(Explainer):
 
     def _listen(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, list[Tensor]]:
         """One classifier forward: (B, C) logits and the listened layers' (B, C_b, F_b, T_b) outputs."""
+        if not self.listened:  # before prepare(): the configured layers, or the model's choice
+            self.listened = self.layers or model.listened_layers(inputs)
         logits, activations = model.layer_outputs(inputs, self.listened)
         for name, activation in zip(self.listened, activations):
             if activation.dim() != 4:
