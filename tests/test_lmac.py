@@ -75,8 +75,9 @@ def test_the_removal_terms_are_minus_ce_and_minus_log_of_the_class_being_gone():
     assert float(OUT_LOSSES["ce"](gone, torch.tensor([0]))) < -29
 
 
-@pytest.mark.parametrize("settings", [{}, {"layers": ["bn0", "conv_block3", "conv_block4", "conv_block5", "conv_block6"], "upsample": "bilinear", "out_loss": "bounded",
-                                           "weight_area": 16.0, "fine_channels": 16}])  # lmac, lmac_sparse
+@pytest.mark.parametrize("settings", [{}, {"layers": ["bn0", "conv_block3", "conv_block4", "conv_block5", "conv_block6"],
+                                           "upsample": "bilinear", "out_loss": "bounded", "weight_area": 16.0,
+                                           "fine_channels": 16, "select": "loss"}])  # lmac, lmac_sparse
 def test_training_lowers_the_loss(trained, splits, settings):
     model, _, _ = trained
     train_inputs, train_labels, valid_inputs, valid_labels = splits
@@ -91,10 +92,17 @@ def test_training_lowers_the_loss(trained, splits, settings):
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items()), \
         "the classifier must stay frozen"
     assert all(p.requires_grad for p in model.parameters()), "the classifier's parameters must be restored"
-    # the best epoch is the one with the highest valid Fid-In, ties broken by FF
-    best = max(history, key=lambda h: (h["FidIn"], h["FF"]))
+    if settings.get("select") == "loss":  # the best epoch has the lowest validation loss
+        best = min(history, key=lambda h: h["valid_loss"])
+    else:  # the one with the highest valid Fid-In, ties broken by FF
+        best = max(history, key=lambda h: (h["FidIn"], h["FF"]))
     assert explainer.training["best_epoch"] == best["epoch"], history
     assert (explainer.training["valid_FidIn"], explainer.training["valid_FF"]) == (best["FidIn"], best["FF"])
+    # the recorded validation loss is the training objective on the validation clips, with the kept decoder
+    with torch.no_grad():
+        masks, logits = explainer._masks(model, valid_inputs)
+        valid_loss = float(explainer._objective(model, valid_inputs, masks, logits))
+    assert explainer.training["valid_loss"] == pytest.approx(valid_loss, rel=1e-4)
     # training flushes subnormal floats to zero (speed); torch's default is back for what runs next
     assert float(torch.tensor([1e-40]) * 1.0) > 0
 
@@ -158,7 +166,7 @@ def test_a_constant_mask_does_not_win_the_epoch_selection(trained, splits):
 
 @pytest.mark.parametrize("option,value", [("layers", []), ("layers", ["conv_block3", "conv_block3"]), ("layers", [3]), ("epochs", 0),
                                           ("lr", -1.0), ("area", 1.5), ("batch_size", 1), ("squash", "relu"),
-                                          ("out_loss", "mse"), ("upsample", "nearest"),
+                                          ("out_loss", "mse"), ("upsample", "nearest"), ("select", "accuracy"),
                                           ("fine_channels", 0)])
 def test_bad_settings_name_the_option(option, value):
     with pytest.raises(AudioInterpError, match=f"explainer.{option}"):

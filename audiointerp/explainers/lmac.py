@@ -17,9 +17,9 @@ with ŷ the classifier's prediction on X, R = -CE as published (``out_loss=ce``)
 -log(1 - p_ŷ) (:data:`OUT_LOSSES`), and weights 4, 0.2, 0.4 as published. With ``area`` set, the
 last term becomes ``w_area · |mean(M) - area|`` per clip, so masks keep about that share of the
 bins and can be compared with other explainers at equal sparsity. The best epoch is chosen on the
-validation split by Fid-In (ties by FF) of the evaluation's ``topK_5`` mask (by rank) of the
-decoder's mask (:data:`SELECTION_MASK`), and the learning rate is halved when that Fid-In has not
-risen for two epochs. Explaining a clip is then one forward of the classifier and one of the decoder.
+validation split (``select``): by Fid-In (ties by FF) of the evaluation's ``topK_5`` mask (by rank)
+of the decoder's mask (:data:`SELECTION_MASK`), or by the loss above; the learning rate is halved
+when that score has not improved for two epochs. Explaining a clip is then one forward of the classifier and one of the decoder.
 
 ``conf/explainer/lmac.yaml`` holds the published settings; ``lmac_sparse.yaml`` the ones that
 localise the evidence on the embedded default (the README's table).
@@ -87,6 +87,15 @@ OUT_LOSSES = {
 #: every bin and keeps the class, and on ESC-10 (width-0.125 Cnn14, published settings) an all-ones
 #: decoder was chosen with valid Fid-In 1.0.
 SELECTION_MASK = "topK_5"
+#: How the best epoch is chosen (``explainer.select``): the validation scores of an epoch -> a tuple
+#: compared as greater-is-better. ``fidin``: Fid-In of :data:`SELECTION_MASK`, ties by its FF.
+#: ``loss``: the training objective on the validation clips, lowest first: with a strong area weight
+#: it prefers sparse masks that still keep the class, where ``fidin`` can prefer a dense early epoch
+#: that keeps the class by keeping most bins (README, "L-MAC").
+SELECTIONS = {
+    "fidin": lambda scores: (scores["FidIn"], scores["FF"]),
+    "loss": lambda scores: (-scores["valid_loss"], scores["FidIn"]),
+}
 #: How the decoder brings a deeper map to a finer grid (``explainer.upsample``, :class:`MaskDecoder`).
 UPSAMPLING = ("transposed", "bilinear")
 
@@ -165,6 +174,7 @@ class Lmac(Explainer):
         area: None for the published mean-mask term, else the share of bins each mask should keep.
         squash: ``sigmoid`` (published) or ``hard``, the decoder's last non-linearity (:data:`SQUASHES`).
         out_loss: ``ce`` (published) or ``bounded``, the loss's removal term (:data:`OUT_LOSSES`).
+        select: how the best epoch is chosen on the validation split (:data:`SELECTIONS`).
         upsample: ``transposed`` (published) or ``bilinear`` (:class:`MaskDecoder`).
         silence_level: s of the masked and complementary inputs, dB (the run's ``mask.silence_level``).
         seed: the decoder's initial weights and the order of training clips.
@@ -178,7 +188,7 @@ class Lmac(Explainer):
     def __init__(self, layers: Sequence[str] | None = None, hidden: int = 32, epochs: int = 10, lr: float = 1e-3,
                  batch_size: int = 16, weight_in: float = 4.0, weight_out: float = 0.2, weight_area: float = 0.4,
                  area: float | None = None, squash: str = "sigmoid", out_loss: str = "ce",
-                 upsample: str = "transposed", fine_channels: int | None = None,
+                 upsample: str = "transposed", fine_channels: int | None = None, select: str = "fidin",
                  silence_level: float | None = SILENCE_DB, seed: int = 0, cache: bool = True,
                  cache_dir: str = "data/model_cache") -> None:
         if layers is not None:
@@ -199,12 +209,15 @@ class Lmac(Explainer):
             raise AudioInterpError(f"explainer.squash: expected one of {', '.join(SQUASHES)}, got {squash!r}")
         if upsample not in UPSAMPLING:
             raise AudioInterpError(f"explainer.upsample: expected one of {', '.join(UPSAMPLING)}, got {upsample!r}")
+        if select not in SELECTIONS:
+            raise AudioInterpError(f"explainer.select: expected one of {', '.join(SELECTIONS)}, got {select!r}")
         if out_loss not in OUT_LOSSES:
             raise AudioInterpError(f"explainer.out_loss: expected one of {', '.join(OUT_LOSSES)}, got {out_loss!r}")
         self.layers = layers
         self.hidden = hidden
         self.squash = squash
         self.out_loss = out_loss
+        self.select = select
         self.upsample = upsample
         self.fine_channels = fine_channels
         self.epochs = epochs
@@ -225,7 +238,7 @@ class Lmac(Explainer):
         """Everything besides the classifier and the data that determines the trained decoder."""
         return {"layers": self.layers, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
                 "batch_size": self.batch_size, "weights": list(self.weights), "area": self.area,
-                "squash": self.squash, "out_loss": self.out_loss, "upsample": self.upsample,
+                "squash": self.squash, "out_loss": self.out_loss, "select": self.select, "upsample": self.upsample,
                 "fine_channels": self.fine_channels, "silence_level": self.silence_level, "seed": self.seed,
                 "code": hashing.file_sha256(__file__)}
 
@@ -308,6 +321,11 @@ class Lmac(Explainer):
 
     def _loss(self, model: nn.Module, inputs: Tensor) -> Tensor:
         masks, logits = self._masks(model, inputs)
+        return self._objective(model, inputs, masks, logits)
+
+    def _objective(self, model: nn.Module, inputs: Tensor, masks: Tensor, logits: Tensor) -> Tensor:
+        """The loss (the module docstring's) of (B, 1, F, T) ``masks`` of ``inputs``, whose (B, C)
+        classifier ``logits`` give the predicted classes; a scalar, the batch's mean."""
         predicted = logits.argmax(dim=1)
         masked, complement = apply_mask(inputs, masks, self.silence_level)
         logits = model(torch.cat([masked, complement]))
@@ -321,9 +339,10 @@ class Lmac(Explainer):
     @torch.no_grad()
     def _validate(self, model: nn.Module, inputs: Tensor) -> dict[str, float]:
         """Mean Fid-In and FF over (N, 1, F, T) ``inputs`` of the :data:`SELECTION_MASK` made of the
-        decoder's masks, as the evaluation scores it, and the decoder's masks' mean value."""
+        decoder's masks, as the evaluation scores it, the decoder's masks' mean value, and the
+        training loss on them (``valid_loss``)."""
         device = model_device(model)
-        totals = {"FidIn": 0.0, "FF": 0.0, "mask_mean": 0.0}
+        totals = {"FidIn": 0.0, "FF": 0.0, "mask_mean": 0.0, "valid_loss": 0.0}
         for start in range(0, len(inputs), self.batch_size):
             clips = inputs[start:start + self.batch_size].to(device)
             masks, logits = self._masks(model, clips)  # the clips' one forward: their masks and p
@@ -331,7 +350,8 @@ class Lmac(Explainer):
             masked, complement = apply_mask(clips, judged, self.silence_level)
             p = torch.softmax(logits, dim=1)
             p_masked, p_unmasked = torch.softmax(model(torch.cat([masked, complement])), dim=1).chunk(2)
-            scores = {**score(p, p_masked, p_unmasked, judged), "mask_mean": masks.mean(dim=(1, 2, 3))}
+            scores = {**score(p, p_masked, p_unmasked, judged), "mask_mean": masks.mean(dim=(1, 2, 3)),
+                      "valid_loss": self._objective(model, clips, masks, logits).expand(len(clips))}
             for name in totals:
                 totals[name] += float(scores[name].sum())
         return {name: total / len(inputs) for name, total in totals.items()}
@@ -340,8 +360,9 @@ class Lmac(Explainer):
         device = model_device(model)
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.Adam(self.decoder.parameters(), lr=self.lr)
-        # as published: the step halves when valid Fid-In has not risen for two epochs
+        # as published: the step halves when the selection score has not risen for two epochs
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+        rank = SELECTIONS[self.select]
         frozen = [p for p in model.parameters() if p.requires_grad]
         for parameter in frozen:  # gradients reach the masks through the classifier, never its weights
             parameter.requires_grad_(False)
@@ -367,11 +388,11 @@ class Lmac(Explainer):
                     losses.append(float(loss.detach()))
                 self.decoder.eval()
                 scores = self._validate(model, valid_inputs)
-                plateau.step(scores["FidIn"])
+                plateau.step(rank(scores)[0])
                 history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), **scores})
                 progress.set_postfix(loss=f"{history[-1]['loss']:.3f}", FidIn=f"{scores['FidIn']:.3f}",
                                      FF=f"{scores['FF']:.3f}", mask=f"{scores['mask_mean']:.2f}")
-                if best is None or (scores["FidIn"], scores["FF"]) > (best[0]["FidIn"], best[0]["FF"]):
+                if best is None or rank(scores) > rank(best[0]):
                     best = (history[-1], copy.deepcopy(self.decoder.state_dict()))
         finally:
             torch.set_flush_denormal(False)  # torch's default, for whatever runs next
@@ -380,9 +401,10 @@ class Lmac(Explainer):
         self.decoder.load_state_dict(best[1])
         self.decoder.eval()
         self.training = {"best_epoch": best[0]["epoch"], "valid_FidIn": best[0]["FidIn"], "valid_FF": best[0]["FF"],
-                         "history": history}
-        log.info("lmac: best epoch %d of %d (valid Fid-In %.3f, FF %.3f)", best[0]["epoch"], self.epochs,
-                 best[0]["FidIn"], best[0]["FF"])
+                         "valid_loss": best[0]["valid_loss"], "select": self.select, "history": history}
+        log.info("lmac: best epoch %d of %d by %s (valid Fid-In %.3f, FF %.3f, loss %.3f, mask mean %.3f)",
+                 best[0]["epoch"], self.epochs, self.select, best[0]["FidIn"], best[0]["FF"], best[0]["valid_loss"],
+                 best[0]["mask_mean"])
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         """The decoder's (B, 1, F, T) mask in (0, 1); ``target`` is the predicted class the
