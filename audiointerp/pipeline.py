@@ -176,6 +176,7 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
     (:func:`audiointerp.explain`'s ``target``); the metrics then score that class.
     """
     store = BatchStore() if store is None else store
+    batch_size = clips_per_batch(model, batch_size)
     n_batches = -(-len(clips) // batch_size)
     batches = range(n_batches) if batches is None else batches
     todo = [b for b in batches if not store.has(b)]

@@ -123,7 +123,7 @@ def run(cfg: DictConfig) -> Path:
     explainer.check(model)
     checkpoint = cfg.model.get("checkpoint")
     if model.input_kind == "waveform":
-        if not (checkpoint or model.pretrained):
+        if not (checkpoint or model.weights_included):
             raise AudioInterpError(f"model.input=waveform: the runner trains spectrogram classifiers only; give the "
                                    f"trained network as model.checkpoint=PATH or model=torchscript")
         if cfg.sanity:
@@ -135,7 +135,7 @@ def run(cfg: DictConfig) -> Path:
     # What the results are a function of: the config, and the content of the files it names by path.
     fingerprint = resume.run_sha256(config, {
         "data": dataset.identity(SPLITS), "noise": contaminate.identity(),
-        "checkpoint": train.fingerprint(model) if checkpoint or model.pretrained else None,
+        "checkpoint": train.fingerprint(model) if checkpoint or model.weights_included else None,
         "network_source": model.source_sha256()})
     with resume.Occupancy(run_dir) as occupancy:
         if outputs.finished(run_dir, fingerprint):
@@ -177,7 +177,7 @@ def _run(context: Run, alone: bool) -> Path:
 
     model.set_precision(PRECISIONS[cfg.train.precision])  # training is fp32 unless asked
     checkpoint = cfg.model.get("checkpoint")
-    if model.pretrained and not checkpoint:  # a TorchScript file: its own weights, never trained here
+    if model.weights_included and not checkpoint:  # a TorchScript file: its own weights, never trained here
         source = train.ModelSource("file", Path(to_absolute_path(str(cfg.model.path))), {})
     else:
         source = train.obtain_model(

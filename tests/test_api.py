@@ -106,6 +106,23 @@ def test_explain_any_module_gives_14_masks_and_finite_metrics(sample_wavs, expla
     assert np.isfinite(result.metrics.to_numpy(dtype=float)).all()
 
 
+def test_explain_a_classifier_of_raw_audio_through_the_stft(sample_wavs):
+    """A waveform network, wrapped by as_classifier, is explained on the STFT's grid; what it scores for
+    the unmasked spectrogram is the clip itself (the inverse is exact)."""
+    from user_models import WaveCnn
+
+    torch.manual_seed(0)
+    network = WaveCnn(n_classes=3).eval()
+    classifier = audiointerp.as_classifier(network, feature=audiointerp.LogStft(), input_kind="waveform")
+    clip = load_audio(sample_wavs[2], 16000, 5.0, True)
+    result = audiointerp.explain(clip, classifier, explainer="saliency", feature="stft", overrides=FEW_MASKS)
+    assert result.attribution.shape == (1, 257, 313) and torch.isfinite(result.attribution).all()
+    assert np.isfinite(result.metrics.to_numpy(dtype=float)).all()
+    with torch.no_grad():
+        expected = int(network(clip[None]).argmax())
+    assert int(result.predicted[0]) == expected
+
+
 def test_explainer_overrides_reach_the_explainer(sample_wavs):
     """Grad-CAM on conv1 and on conv2 (the automatic choice) are different maps."""
     clip = load_audio(sample_wavs[2], 32000, None, False)

@@ -75,7 +75,7 @@ def test_torchscript_layer_outputs_equal_the_eager_modules(network, spectrograms
     torch.testing.assert_close(logits, network(spectrograms).detach())
     for name, value, reference in zip(names, outputs, expected):
         torch.testing.assert_close(value.detach(), reference, msg=name)
-    assert model.gradcam_layer() == "features.8" and model.pretrained
+    assert model.gradcam_layer() == "features.8" and model.weights_included
     with pytest.raises(AudioInterpError, match="has no module 'nope'"):
         model.layer_outputs(spectrograms, ["nope"])
 

@@ -16,7 +16,7 @@ The contract (:class:`Classifier`):
 - ``gradcam_layer()``, ``listened_layers(inputs)``, ``randomisation_cascade()``: the automatic
   choices of Grad-CAM's layer, L-MAC's listened layers and the sanity checks' randomisation order,
   used when the option is not set; Cnn14 names its own.
-- ``pretrained``: True when the weights come with the model (a TorchScript file), so a run never
+- ``weights_included``: True when the weights come with the model (a TorchScript file), so a run never
   trains it.
 
 Any ``nn.Module`` mapping (B, 1, F, T) to (B, C) logits meets it once wrapped by
@@ -61,7 +61,7 @@ class Classifier(nn.Module):
 
     input_kind: str = "spectrogram"
     #: The weights come with the model (nothing to train); see the module docstring.
-    pretrained: bool = False
+    weights_included: bool = False
 
     def __init__(self) -> None:
         super().__init__()

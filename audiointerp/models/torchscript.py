@@ -56,7 +56,7 @@ class TorchScriptClassifier(ModuleClassifier):
         path: the file (relative to the launch folder).
     """
 
-    pretrained = True
+    weights_included = True
 
     def __init__(self, path: str) -> None:
         self.path = Path(to_absolute_path(str(path)))

@@ -55,8 +55,8 @@ class WaveformClassifier(Classifier):
         return self.inner.network
 
     @property
-    def pretrained(self) -> bool:
-        return self.inner.pretrained
+    def weights_included(self) -> bool:
+        return self.inner.weights_included
 
     def set_precision(self, autocast_dtype) -> None:
         super().set_precision(autocast_dtype)

@@ -11,6 +11,7 @@ import pandas as pd
 from audiointerp.report.collect import find_runs, label_settings, per_clip_table
 from audiointerp.report.page import GALLERY_MASKS, figures, gallery, index_html
 from audiointerp.report.tables import build_tables, to_frame, to_latex, to_markdown
+from audiointerp.report.trust import trust_tables
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
@@ -31,7 +32,7 @@ def write_report(paths: list[Path], out: Path, *, resamples: int = DEFAULT_RESAM
     runs = find_runs([Path(p) for p in paths], base=out.parent)
     label_settings(runs)  # every setting runs differ in but the seed: named, never pooled over
     results = per_clip_table(runs)
-    tables = build_tables(results, resamples=resamples, seed=seed)
+    tables = build_tables(results, resamples=resamples, seed=seed) + trust_tables(results, resamples=resamples, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

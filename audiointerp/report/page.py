@@ -217,6 +217,8 @@ _KIND_TITLES = {
     "ranking": "The attribution's ranking, no mask: deletion and insertion areas",
     "seed_ranking": "Across seeds: how alike the seeds rank the explainers (Kendall's W)",
     "seed_winner": "Across seeds: how often two seeds agree on the best explainer",
+    "metric_trust": "Which metric to trust: Spearman over explainers between each metric's ranking and the "
+                    "ground truth's (per seed, mean over seeds)",
 }
 
 

@@ -120,6 +120,8 @@ class Table:
     counts: dict[str, int] = field(default_factory=dict)
     #: False for tables of statistics that are no score to win on (the seeds' agreement).
     mark_best: bool = True
+    #: Further per-row columns of the CSV (after the row label): ``extra[row][column] = value``.
+    extra: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def best(self, metric: str) -> set[str]:
         """The rows with the best mean in ``metric`` (highest, lowest for ``LOWER_IS_BETTER``), ties
@@ -213,6 +215,26 @@ def _seed_tables(frame: pd.DataFrame, fixed: list[str], masks: list[str], metric
                   mark_best=False)]
 
 
+def with_conditions(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A copy of ``results`` with ``silence_level`` and ``setting`` as text, and the columns that
+    define a condition besides the explainer and the noise: data, feature, and the silence level and
+    ``setting`` where the report's runs differ in them."""
+    results = results.copy()
+    results["silence_level"] = results["silence_level"].astype(str)
+    if "setting" not in results.columns:
+        results["setting"] = ""
+    results["setting"] = results["setting"].fillna("").astype(str)
+    conditions = ["data", "feature"] + (["silence_level"] if results["silence_level"].nunique() > 1 else []) \
+        + (["setting"] if results["setting"].nunique() > 1 else [])
+    return results, conditions
+
+
+def grouped(frame: pd.DataFrame, fixed: list[str]):
+    """``frame``'s groups by ``fixed``, in the order of their values as text."""
+    for _, group in sorted(frame.groupby(fixed, sort=False), key=lambda item: tuple(map(str, item[0]))):
+        yield group
+
+
 def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table]:
     """The reference's tables from the tidy per-clip table, in a fixed order:
 
@@ -233,18 +255,8 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
     """
     if results.empty:
         return []
-    results = results.copy()
-    results["silence_level"] = results["silence_level"].astype(str)
-    if "setting" not in results.columns:
-        results["setting"] = ""
-    results["setting"] = results["setting"].fillna("").astype(str)
-    conditions = ["data", "feature"] + (["silence_level"] if results["silence_level"].nunique() > 1 else []) \
-        + (["setting"] if results["setting"].nunique() > 1 else [])
+    results, conditions = with_conditions(results)
     tables: list[Table] = []
-
-    def grouped(frame: pd.DataFrame, fixed: list[str]):
-        for _, group in sorted(frame.groupby(fixed, sort=False), key=lambda item: tuple(map(str, item[0]))):
-            yield group
 
     per_condition = [*conditions, "explainer", "noise"]
     for group in grouped(results, per_condition):
@@ -344,7 +356,7 @@ def to_frame(table: Table) -> pd.DataFrame:
     """One row per table row: the row label, its clip count, and mean / low / high per metric."""
     records = []
     for row in table.rows:
-        record = {table.row_label: row, "n": table.counts[row]}
+        record = {table.row_label: row, **table.extra.get(row, {}), "n": table.counts[row]}
         for m in table.metrics:
             record[m], record[f"{m}_low"], record[f"{m}_high"] = table.cells[row][m]
         records.append(record)
