@@ -148,3 +148,13 @@ def test_no_ground_truth_no_trust_table(tmp_path):
     assert (out / "tables" / "condition").is_dir(), "the other tables are written"
     assert not (out / "tables" / "metric_trust").exists()
     assert "Which metric to trust" not in (out / "index.html").read_text()
+
+
+def test_two_explainers_are_too_few_to_rank(tmp_path):
+    runs = make_runs(tmp_path / "runs")
+    for folder in runs.iterdir():
+        if folder.name.startswith(("random", "oracle")):
+            (folder / "run.json").unlink()  # left incomplete: not gathered
+    write_report([runs], tmp_path / "report", resamples=50)
+    assert (tmp_path / "report" / "tables" / "localization").is_dir()
+    assert not (tmp_path / "report" / "tables" / "metric_trust").exists()

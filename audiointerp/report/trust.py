@@ -71,7 +71,7 @@ def trust_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
     the metric and of the score, oriented so that +1 means "ranks explainers as the ground truth
     does" (lower-is-better metrics, AD and the deletion area, are negated). Every explainer of the
     condition takes part, the references ``random`` and ``oracle`` too; a seed needs
-    ``MIN_EXPLAINERS`` with both values. None without ground truth."""
+    ``MIN_EXPLAINERS`` with both values. None without ground truth or with fewer explainers."""
     truths = [t for t in GROUND_TRUTH_SCORES if t in results.columns and results[t].notna().any()]
     if results.empty or not truths:
         return []
@@ -79,7 +79,7 @@ def trust_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
     fixed = [*conditions, "noise"]
     tables = []
     for frame in grouped(results, fixed):
-        if not frame[truths].notna().any().any():
+        if not frame[truths].notna().any().any() or frame["explainer"].nunique() < MIN_EXPLAINERS:
             continue
         per_clip = frame.drop_duplicates(subset=["run", "sample"])  # clip scores repeat on every mask's row
         truth = per_clip.groupby(["seed", "explainer"])[truths].mean()
