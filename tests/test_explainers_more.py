@@ -229,7 +229,9 @@ def test_deep_shap_equals_shap_deep_explainer_with_the_max_rule(model, training_
         torch.testing.assert_close(expected.sum(dim=(1, 2, 3)), rise - background_mean, rtol=1e-5, atol=1e-5)
     # the clips of a call share the background's graph: each is explained as if alone
     alone = explainer.attribute(model, clips[2:3], target[2:3])
-    torch.testing.assert_close(attribution[2:3], alone, rtol=1e-5, atol=1e-7)
+    # (a batch of 4 and of 1 may take other convolution kernels: on a 2-core AVX2 CPU 7 of 6400 bins
+    # differed by up to 3.9e-7, against attributions of order 1e-3)
+    torch.testing.assert_close(attribution[2:3], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_deep_shap_warns_of_modules_without_a_rule_and_checks_additivity(training_split):
