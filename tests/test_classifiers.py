@@ -197,3 +197,17 @@ def test_audio_metrics_of_a_waveform_classifier_agree_with_the_spectrogram_ones_
             scale = 100.0 if name in ("AI", "AD", "AG") else 1.0
             torch.testing.assert_close(columns[f"{name}_audio"] / scale, columns[name] / scale, rtol=0, atol=2e-4,
                                        msg=lambda m: f"{mask} {name}: {m}")
+
+
+def test_a_model_target_that_does_not_import_is_one_line_naming_the_option():
+    from omegaconf import OmegaConf
+
+    from audiointerp.models import build_model
+
+    with pytest.raises(AudioInterpError, match=r"^model._target_: cannot import 'nope.Net' .*importable nn.Module"):
+        build_model(OmegaConf.create({"_target_": "nope.Net"}), feature=LogStft(), n_classes=3)
+    with pytest.raises(AudioInterpError, match=r"^model._target_=user_models.SmallCnn: building it failed"):
+        build_model(OmegaConf.create({"_target_": "user_models.SmallCnn", "width": 3}), feature=LogStft(), n_classes=3)
+    built = build_model(OmegaConf.create({"_target_": "user_models.SmallCnn", "channels": 4}), feature=LogStft(),
+                        n_classes=3)
+    assert isinstance(built, ModuleClassifier) and built.network.head.out_features == 3  # n_classes passed in

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -35,11 +36,15 @@ def _accepted(target: str, names: tuple[str, ...]) -> set[str]:
     """Which of ``names`` the callable ``target`` (a dotted path) takes as keyword arguments."""
     from hydra.utils import get_object
 
+    quiet = logging.getLogger("hydra.utils")  # it logs a failed import as an ERROR of its own
+    was_disabled, quiet.disabled = quiet.disabled, True
     try:
         constructor = get_object(target)
     except Exception as error:  # noqa: BLE001 - an import of the user's code can fail in any way
         raise AudioInterpError(f"model._target_: cannot import {target!r} ({type(error).__name__}: "
                                f"{' '.join(str(error).split())[:120]}); expected an importable nn.Module class") from None
+    finally:
+        quiet.disabled = was_disabled
     try:
         parameters = inspect.signature(constructor).parameters
     except (TypeError, ValueError):
