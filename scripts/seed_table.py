@@ -43,13 +43,17 @@ def rows(sweeps: list[Path], mask: str, seeds: set[int] | None = None) -> list[d
     return sorted(found, key=lambda r: (r["seed"], -r["relevance_mass"]))
 
 
+def _cell(value: float, digits: int) -> str:
+    return "—" if value != value else f"{value:.{digits}f}"  # NaN: no ground truth (real data) or no curve
+
+
 def markdown(table: list[dict], mask: str) -> str:
     header = ["seed", "test accuracy", "explainer", *(f"{c} ({mask})" for c in COLUMNS), *LOCALISATION, *CURVES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         cells = [str(row["seed"]), f"{row['accuracy']:.2%}", f"`{row['explainer']}`",
-                 *(f"{row[c]:.1f}" if c == "AD" else f"{row[c]:.3f}" for c in COLUMNS),
-                 *(f"{row[c]:.3f}" for c in (*LOCALISATION, *CURVES))]
+                 *(_cell(row[c], 1 if c == "AD" else 3) for c in COLUMNS),
+                 *(_cell(row[c], 3) for c in (*LOCALISATION, *CURVES))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
