@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from audiointerp.progress import progress
 
 from audiointerp import curves, models
 from audiointerp.data import ClipSet
@@ -78,7 +78,7 @@ def log_spectrograms(feature, waveforms: Tensor, batch_size: int, device: torch.
                      desc: str | None = None) -> Tensor:
     """waveforms (N, samples) -> model inputs (N, 1, F, T) in dB, on the CPU, in batches."""
     chunks = []
-    for start in tqdm(range(0, len(waveforms), batch_size), desc=desc, disable=desc is None, leave=False):
+    for start in progress(range(0, len(waveforms), batch_size), desc=desc, disable=desc is None, leave=False):
         chunks.append(feature(waveforms[start:start + batch_size].to(device)).log_db.float().cpu())
     return torch.cat(chunks)
 
@@ -184,8 +184,8 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
     def clips_in(b: int) -> int:
         return min(batch_size, len(clips) - b * batch_size)
 
-    progress = tqdm(total=sum(map(clips_in, batches)), initial=sum(clips_in(b) for b in batches if b not in todo),
-                    desc=f"explaining ({explainer!r})", unit="clip")
+    bar = progress(total=sum(map(clips_in, batches)), initial=sum(clips_in(b) for b in batches if b not in todo),
+                 desc=f"explaining ({explainer!r})", unit="clip")
     for b in todo:
         start = b * batch_size
         batch = _explain_batch(model, explainer, feature, clips, start, min(start + batch_size, len(clips)),
@@ -194,8 +194,8 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
                                on_example=on_example, audio_metrics=audio_metrics, channels_last=channels_last,
                                targets=None if targets is None else targets[start:start + batch_size])
         store.save(b, batch)
-        progress.update(len(batch.probabilities))
-    progress.close()
+        bar.update(len(batch.probabilities))
+    bar.close()
     if not all(store.has(b) for b in range(n_batches)):
         return None
     return _gather([store.load(b) for b in range(n_batches)], len(clips), audio_metrics)

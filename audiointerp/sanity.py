@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from audiointerp.progress import progress
 
 from audiointerp.data import ClipSet
 from audiointerp.errors import AudioInterpError
@@ -250,7 +250,7 @@ def check_clips(model: nn.Module, explainer: Explainer, feature, clips: ClipSet,
     evidence = None if subset.evidence is None else evidence_mask(
         subset.evidence, feature, spectrogram.log_db.shape[-1]).to(device)
     steps = len(model.randomisation_cascade()) + 1
-    with tqdm(total=steps, desc=f"sanity checks ({explainer!r}, {len(subset)} clips)", unit="step") as bar:
+    with progress(total=steps, desc=f"sanity checks ({explainer!r}, {len(subset)} clips)", unit="step") as bar:
         return randomisation_checks(model, explainer, spectrogram.log_db.detach(), subset.clip_ids,
                                     n_classes=len(clips.class_names), seed=seed, batch_size=batch_size,
                                     evidence=evidence, progress=lambda step: bar.update(1))

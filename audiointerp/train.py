@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from audiointerp.progress import progress
 
 from audiointerp import hashing, resume
 from audiointerp.atomic import atomic_path, file_lock, save_torch
@@ -77,7 +77,7 @@ def fit(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, valid_inpu
         model.train()
         order = torch.randperm(len(train_inputs), generator=generator)
         total_loss, seen = 0.0, 0
-        batches = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")
+        batches = progress(range(0, len(order), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")
         for start in batches:
             index = order[start:start + batch_size]
             if len(index) < 2:  # BatchNorm cannot train on a single example

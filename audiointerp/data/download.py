@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
+from audiointerp.progress import progress
 
 from audiointerp.errors import AudioInterpError
 
@@ -161,13 +161,13 @@ def _stream(response, part: Path, start: int, url: str, what: str) -> None:
         log.warning("%s: the server ignored the resume request; downloading again from the start", what)
     total = _total_size(response, offset)
     received = offset
-    with open(part, "ab" if offset else "wb") as file, tqdm(
+    with open(part, "ab" if offset else "wb") as file, progress(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=f"downloading {what}") as progress:
+            desc=f"downloading {what}") as bar:
         for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
             file.write(chunk)
             received += len(chunk)
-            progress.update(len(chunk))
+            bar.update(len(chunk))
     if total is not None and received < total:
         raise OSError(f"connection closed after {received} of {total} bytes")
 
@@ -204,7 +204,7 @@ def safe_extract_zip(archive: str | os.PathLike, target_dir: str | os.PathLike) 
                 if _is_symlink(member):
                     raise AudioInterpError(f"{archive}: refusing member {name!r} (symbolic link)")
             target_dir.mkdir(parents=True, exist_ok=True)
-            for member in tqdm(members, desc=f"extracting {archive.name}", unit="file"):
+            for member in progress(members, desc=f"extracting {archive.name}", unit="file"):
                 destination = target_root / member.filename
                 if member.is_dir():
                     destination.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import soundfile
 import torch
 from hydra.utils import to_absolute_path
-from tqdm import tqdm
+from audiointerp.progress import progress
 
 from audiointerp.atomic import atomic_path
 from audiointerp.data import SPLITS, ClipSet, audio, check_clips_per_class
@@ -122,7 +122,7 @@ def verify_esc50(root: str | os.PathLike, expected_clips: int = ESC50_CLIPS) -> 
     if missing:
         raise AudioInterpError(f"{root / 'audio'}: {len(missing)} of {len(rows)} clips missing ({_named(missing)})")
     bad: list[str] = []
-    for row in tqdm(rows, desc="checking ESC-50 clips", unit="clip"):
+    for row in progress(rows, desc="checking ESC-50 clips", unit="clip"):
         try:
             info = soundfile.info(str(files[row.stem]))
         except (soundfile.LibsndfileError, RuntimeError):
@@ -378,7 +378,7 @@ class ESC50(Dataset):
                                    f"of these folds in {self.root / 'audio'}")
         n_samples = int(round(self.duration_s * self.sample_rate))
         waveforms = torch.empty((len(clips), n_samples), dtype=torch.float32)
-        for index, (_, path) in enumerate(tqdm(clips, desc=f"loading {SUBSET_NAMES[self.subset]} {split}", unit="clip")):
+        for index, (_, path) in enumerate(progress(clips, desc=f"loading {SUBSET_NAMES[self.subset]} {split}", unit="clip")):
             waveforms[index] = load_audio(path, self.sample_rate, self.duration_s, self.peak_normalise)
         return ClipSet(
             waveforms=waveforms,

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 import soundfile
 import torch
 from hydra.utils import to_absolute_path
-from tqdm import tqdm
+from audiointerp.progress import progress
 
 from audiointerp.data import SPLITS, ClipSet, audio, check_clips_per_class
 from audiointerp.data.audio import load_audio
@@ -364,7 +364,7 @@ class AudioFolder(Dataset):
                                    "(see data.split_fractions, or the csv's split column)")
         n_samples = int(round(self.duration_s * self.sample_rate))
         waveforms = torch.empty((len(clips), n_samples), dtype=torch.float32)
-        for index, clip in enumerate(tqdm(clips, desc=f"loading {split} clips", unit="clip")):
+        for index, clip in enumerate(progress(clips, desc=f"loading {split} clips", unit="clip")):
             waveforms[index] = load_audio(clip.path, self.sample_rate, self.duration_s, self.peak_normalise)
         return ClipSet(
             waveforms=waveforms,

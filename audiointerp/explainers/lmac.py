@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import to_absolute_path
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from audiointerp.progress import progress
 
 from audiointerp import hashing, train
 from audiointerp.atomic import save_torch
@@ -372,8 +372,8 @@ class Lmac(Explainer):
         # epoch went from 41 s to 85 s as the masks emptied; with them flushed to zero it stayed at 46 s.
         torch.set_flush_denormal(True)
         try:
-            progress = tqdm(range(1, self.epochs + 1), desc="training L-MAC decoder", unit="epoch")
-            for epoch in progress:
+            epoch_bar = progress(range(1, self.epochs + 1), desc="training L-MAC decoder", unit="epoch")
+            for epoch in epoch_bar:
                 self.decoder.train()
                 order = torch.randperm(len(train_inputs), generator=generator)
                 losses = []
@@ -390,7 +390,7 @@ class Lmac(Explainer):
                 scores = self._validate(model, valid_inputs)
                 plateau.step(rank(scores)[0])
                 history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), **scores})
-                progress.set_postfix(loss=f"{history[-1]['loss']:.3f}", FidIn=f"{scores['FidIn']:.3f}",
+                epoch_bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", FidIn=f"{scores['FidIn']:.3f}",
                                      FF=f"{scores['FF']:.3f}", mask=f"{scores['mask_mean']:.2f}")
                 if best is None or rank(scores) > rank(best[0]):
                     best = (history[-1], copy.deepcopy(self.decoder.state_dict()))
