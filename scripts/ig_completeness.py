@@ -1,6 +1,7 @@
 """How many Integrated Gradients steps keep completeness on the default testbed: one real run per n_steps.
 
-    python scripts/ig_completeness.py [--steps 8,16,32,64,128,256] [--out outputs/ig_completeness] [OVERRIDE ...]
+    python scripts/ig_completeness.py [--steps 8,16,32,64,128,256] [--out outputs/ig_completeness]
+                                      [--table docs/results/ig_completeness.md] [OVERRIDE ...]
 
 Runs ``python -m audiointerp.run explainer=integrated_gradients explainer.n_steps=N`` for each N on
 the default config (the embedded synthetic testbed and its tiny Cnn14, trained once and then taken
@@ -25,6 +26,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", default="8,16,32,64,128,256", help="n_steps values, comma-separated")
     parser.add_argument("--out", type=Path, default=Path("outputs/ig_completeness"), help="folder of the runs")
+    parser.add_argument("--table", type=Path, help="also write the Markdown table to this file")
     args, overrides = parser.parse_known_args()
     rows = []
     for n_steps in (int(s) for s in args.steps.split(",")):
@@ -44,10 +46,14 @@ def main() -> int:
               flush=True)
     print()
     columns = list(rows[0])
-    print("| " + " | ".join(columns) + " |")
-    print("|" + " ---: |" * len(columns))
+    lines = ["| " + " | ".join(columns) + " |", "|" + " ---: |" * len(columns)]
     for row in rows:
-        print("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
+        lines.append("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
+    table = "\n".join(lines) + "\n"
+    print(table, end="")
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(f"`python scripts/ig_completeness.py {' '.join(sys.argv[1:])}`\n\n" + table)
     return 0
 
 
