@@ -349,7 +349,8 @@ def _explain_clips(audio: Any, model: ModelInput, setup: _Setup, *, target: Any 
     targets = _class_indices(target, "target")
     label_values = _class_indices(labels, "labels")
     network, trained_on = _load_model(model, setup)
-    setup.explainer.check(network)
+    with _precision(network, setup):  # as it will be explained: the explainer's check may read it
+        setup.explainer.check(network)
     peak = setup.cfg.data.get("peak_normalise", False) if _override_given(setup.overrides, "data.peak_normalise") \
         else trained_on.get("peak_normalise", False)
     clips = _clips(audio, paths, setup, bool(peak), label_values)

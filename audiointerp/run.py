@@ -120,6 +120,7 @@ def run(cfg: DictConfig) -> Path:
         raise AudioInterpError(f"explainer={choices.get('explainer')}: needs clips with ground-truth evidence "
                                f"(data=synthetic); data={choices.get('data')} has none")
     model = build_model(cfg.model, feature=feature, n_classes=dataset.n_classes).to(device)
+    model.set_precision(PRECISIONS[cfg.precision])  # as it will be explained: the explainer's check may read it
     explainer.check(model)
     checkpoint = cfg.model.get("checkpoint")
     if model.input_kind == "waveform":

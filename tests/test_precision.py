@@ -4,6 +4,7 @@ and the pipeline's one forward of each clip as it is."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.stats
 import torch
 
@@ -101,3 +102,121 @@ def test_each_clip_is_classified_once_as_it_is_and_once_per_masked_and_complemen
     with torch.no_grad():
         expected = torch.softmax(model(feature(clips.waveforms[:6]).log_db), dim=1)
     assert torch.allclose(results.probabilities, expected, atol=1e-6)
+
+
+# --- DeepSHAP under bf16: one layout on both sides, and refused while its sums are checked ---------
+
+
+def _real_clips_and_tiny_cnn14(sample_wavs, n_classes: int = 3):
+    """(log-mels (6, 1, 64, 501) of the six real shared clips, 5 s at 32 kHz; a width-1/16 Cnn14 in
+    eval mode whose BatchNorm statistics are those clips', so its activations neither vanish nor blow up)."""
+    from audiointerp.data.audio import load_audio
+    from audiointerp.features import LogMel
+
+    waveforms = torch.stack([load_audio(path, 32000, 5.0, peak_normalise=True) for path in sample_wavs])
+    with torch.no_grad():
+        log_db = LogMel()(waveforms).log_db
+    torch.manual_seed(1)
+    model = models.Cnn14(n_bins=64, n_classes=n_classes, width=1 / 16)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average: one pass sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(log_db)
+    return log_db, model.eval()
+
+
+def _block_dtypes_per_forward(model):
+    """Hooks that record, for each forward of ``model``, the dtype of each conv block's output."""
+    passes: list[list[torch.dtype]] = []
+    handles = [model.register_forward_pre_hook(lambda module, inputs: passes.append([]))]
+    handles += [block.register_forward_hook(lambda module, inputs, output: passes[-1].append(output.dtype))
+                for block in model.conv_blocks]
+    return passes, handles
+
+
+def test_deep_shap_under_bf16_runs_the_clips_in_the_backgrounds_layout_and_adds_up_on_real_audio(sample_wavs):
+    """The background goes forward as a pass differentiated by its input (bn0 and blocks 1-3 float32
+    under bf16); the explained clips must too, or each multiplier compares a float32 activation with
+    a bf16 one and the sums miss f(x) - E[f(background)] by more than the 0.01 tolerance even where
+    the logits are small."""
+    from audiointerp.explainers.shap import ADDITIVITY_TOLERANCE, DeepShap
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bf16 is emulated on an AVX2 CPU; a second thread only spins
+    log_db, model = _real_clips_and_tiny_cnn14(sample_wavs)
+    labels = torch.arange(6) % 3
+    explainer = DeepShap(per_class=1, seed=0, check_additivity=False)  # its check refuses bf16 (next test)
+    explainer.prepare(model, log_db, labels)
+    passes, handles = _block_dtypes_per_forward(model)
+    model.set_precision(torch.bfloat16)
+    try:
+        with torch.no_grad():
+            target = model(log_db).argmax(1)
+        passes.clear()
+        attribution = explainer.attribute(model, log_db, target)
+        # what the sums must equal, in the layout of a pass differentiated by its input
+        logits = model(log_db.clone().requires_grad_()).detach()
+        background_logits = model(explainer.background.clone().requires_grad_()).detach()
+    finally:
+        model.set_precision(None)
+        torch.set_num_threads(threads)
+        for handle in handles:
+            handle.remove()
+    exact = cnn14.GRADIENT_FLOAT32_BLOCKS
+    layout = [torch.float32] * exact + [torch.bfloat16] * (6 - exact)
+    assert passes[:2] == [layout, layout], "the clips' forward, then the background's, in one layout"
+    rise = logits[torch.arange(6), target] - background_logits[:, target].mean(0)
+    error = (attribution.sum(dim=(1, 2, 3)) - rise).abs()
+    assert error.max() < ADDITIVITY_TOLERANCE, (error, rise)
+
+
+def test_deep_shap_checking_its_sums_is_refused_under_bf16_in_one_line(sample_wavs):
+    """bf16 rounds every feature map and logit to 8 bits: even in one layout, a classifier with
+    logits of ordinary size (a trained one's: a few units) gets sums that miss by more than the 0.01
+    tolerance, so the check could only fail mid-run; it is refused before anything runs."""
+    from audiointerp.errors import AudioInterpError
+    from audiointerp.explainers.shap import ADDITIVITY_TOLERANCE, DeepShap, _deeplift
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    log_db, model = _real_clips_and_tiny_cnn14(sample_wavs)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)  # logits of a few units, as after training
+    labels = torch.arange(6) % 3
+    checked = DeepShap(per_class=1, seed=0)
+    checked.check(model)  # fp32: fine
+    checked.prepare(model, log_db, labels)
+    model.set_precision(torch.bfloat16)
+    try:
+        for call in (lambda: checked.check(model), lambda: checked.attribute(model, log_db[:1], labels[:1])):
+            with pytest.raises(AudioInterpError) as refused:
+                call()
+            message = str(refused.value)
+            assert "\n" not in message and "precision=bf16" in message and "precision=fp32" in message
+            assert "explainer.check_additivity=false" in message
+        DeepShap(per_class=1, seed=0, check_additivity=False).check(model)  # unchecked: allowed
+        with torch.no_grad():
+            target = model(log_db).argmax(1)
+        attribution, clip_logit, background_logit = _deeplift(model, log_db, target.tolist(), checked.background, 3)
+    finally:
+        model.set_precision(None)
+        torch.set_num_threads(threads)
+    rise = clip_logit - background_logit
+    assert rise.abs().max() > 2, rise
+    assert (attribution.sum(dim=(1, 2, 3)) - rise).abs().max() > ADDITIVITY_TOLERANCE
+
+
+def test_a_run_of_deep_shap_under_bf16_with_its_check_is_refused_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "audiointerp.run", "experiment=smoke", "explainer=shap",
+                             "precision=bf16", f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: explainer=shap: under precision=bf16") and "check_additivity=false" in last
+    assert "Traceback" not in result.stderr and "epoch 1/" not in result.stderr
+    assert not (run_dir / "model.pt").exists()

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import Explainer, content_seed, model_device
+from audiointerp.models import PRECISIONS
 
 #: Largest |sum of a clip's attributions - (f(x) - E[f(background)])| that passes the additivity
 #: check (shap's tolerance, absolute, on the logit).
@@ -220,15 +221,18 @@ def _deeplift(model: nn.Module, clips: Tensor, targets: list[int], background: T
     explained = _Explained()
 
     def record(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        explained.activations[module] = rules[module].record(module, inputs[0], output)
+        explained.activations[module] = tuple(value.detach() for value in rules[module].record(module, inputs[0], output))
 
     def apply_rule(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
         return rules[module].apply(inputs[0], output.detach(), module, explained)
 
     rows = torch.arange(len(clips), device=clips.device)
     target_index = torch.tensor(targets, device=clips.device)
-    with _forward_hooks(rules, record), torch.no_grad():
-        clip_logit = model(clips)[rows, target_index]
+    # The clips go forward as the background does, as a pass differentiated by its input, so that a
+    # classifier choosing its precision layout by that (Cnn14 under bf16: bn0 and blocks 1-3 float32)
+    # runs both sides of every difference in the same one; the graph is dropped at once.
+    with _forward_hooks(rules, record), torch.enable_grad():
+        clip_logit = model(clips.detach().requires_grad_())[rows, target_index].detach()
     attributions = torch.zeros_like(clips)
     background_logit = torch.zeros_like(clip_logit)
     for start in range(0, len(background), background_batch):
@@ -308,6 +312,22 @@ class DeepShap(_BackgroundShap):
             raise AudioInterpError("explainer=shap: DeepSHAP rewrites the gradients of the model's ReLU and max-pool "
                                    "modules, which a TorchScript model does not allow; use explainer=shap_gradient "
                                    "(expected gradients), or give the model's class as model=module")
+        self._refuse_unchecked_precision(model)
+
+    def _refuse_unchecked_precision(self, model: nn.Module) -> None:
+        """Raise if the model's passes run at a precision whose rounding the additivity check cannot pass.
+
+        DeepLIFT's sums telescope exactly only where each layer's output difference is its input
+        difference times the multiplier; a bf16 pass rounds every feature map and the logits to 8
+        bits, so the sums miss f(x) - E[f(background)] by more than the absolute 0.01 tolerance on
+        any logit of ordinary size, even with both sides run in the same layout."""
+        dtype = getattr(model, "autocast_dtype", None)
+        if dtype is not None and self.check_additivity:
+            name = next((key for key, value in PRECISIONS.items() if value == dtype), str(dtype))
+            raise AudioInterpError(
+                f"explainer=shap: under precision={name} DeepSHAP's attributions cannot add up to f(x) - "
+                f"E[f(background)] within {ADDITIVITY_TOLERANCE} (the model's passes round to {name}); use "
+                f"precision=fp32, or explainer.check_additivity=false to explain under {name} unchecked")
 
     def prepare(self, model: nn.Module, train_inputs: Tensor, train_labels: Tensor) -> None:
         super().prepare(model, train_inputs, train_labels)
@@ -318,6 +338,7 @@ class DeepShap(_BackgroundShap):
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         clips = self._clips(model, inputs)
+        self._refuse_unchecked_precision(model)
         attributions, clip_logit, background_logit = _deeplift(
             model, clips, [int(label) for label in target.tolist()], self.background,
             self.background_batch or len(self.background))
