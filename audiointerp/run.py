@@ -245,7 +245,7 @@ def _write_results(context: Run, clips, results, source, resumed) -> None:
     outputs.write_localization(run_dir, clips, results)
     outputs.write_clip_scores(run_dir, clips, results)
     per_mask = outputs.summarise(results)
-    identity = {"explainer": choices.get("explainer"), "feature": choices.get("feature"), "data": choices.get("data"),
+    identity = {"explainer": choices.get("explainer"), "model": choices.get("model"), "feature": choices.get("feature"), "data": choices.get("data"),
                 "noise": choices.get("noise"), "mask_set": choices.get("mask"), "silence_level": cfg.mask.silence_level,
                 "seed": cfg.seed}
     summary = outputs.write_summary(run_dir, per_mask, identity)
