@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from audiointerp.devices import as_float64
+
 
 def evidence_mask(boxes: Tensor, feature, n_frames: int) -> Tensor:
     """Evidence boxes -> region E on the feature's grid.
@@ -57,7 +59,7 @@ def _flat(values: Tensor, evidence: Tensor) -> tuple[Tensor, Tensor]:
 
 def evidence_share(evidence: Tensor) -> Tensor:
     """(N, 1, F, T) bool -> (N,) float32: |E| / (F T), what a random attribution's mass tends to."""
-    return evidence.reshape(evidence.shape[0], -1).double().mean(dim=1).float()
+    return as_float64(evidence.reshape(evidence.shape[0], -1)).mean(dim=1).float()
 
 
 def relevance_mass(attribution: Tensor, evidence: Tensor) -> Tensor:

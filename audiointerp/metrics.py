@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from audiointerp.devices import as_float64
+
 METRIC_NAMES: tuple[str, ...] = ("FF", "AI", "AD", "AG", "FidIn", "SPS", "COMP")
 #: The metrics that depend on the classifier's outputs (the rest look at the mask alone).
 FAITHFULNESS_NAMES: tuple[str, ...] = ("FF", "AI", "AD", "AG", "FidIn")
@@ -29,11 +31,12 @@ _CONSTANT_REL_TOL = 1e-5
 def _flatten_per_sample(mask: Tensor) -> Tensor:
     """(B, ...) mask -> (B, N) float64 with N the product of the non-batch sizes.
 
-    float64 because Gini and entropy sum tens of thousands of terms per sample.
+    float64 because Gini and entropy sum tens of thousands of terms per sample; on the CPU for a
+    device without float64 (``audiointerp.devices.as_float64``).
     """
     if mask.dim() < 1:
         raise ValueError(f"mask must have a leading batch dimension, got shape {tuple(mask.shape)}")
-    return mask.detach().reshape(mask.shape[0], -1).to(torch.float64)
+    return as_float64(mask.reshape(mask.shape[0], -1))
 
 
 def _is_constant(flat: Tensor) -> Tensor:
@@ -63,7 +66,7 @@ def gini(mask: Tensor) -> Tensor:
     weights = 2 * rank - n - 1
     index = (values * weights).sum(dim=1) / (n * values.sum(dim=1))
     index = torch.where(_is_constant(flat), torch.zeros_like(index), index)
-    return index.to(torch.float32)
+    return index.to(device=mask.device, dtype=torch.float32)
 
 
 def entropy(mask: Tensor) -> Tensor:
@@ -89,7 +92,7 @@ def entropy(mask: Tensor) -> Tensor:
     share = magnitude / safe_total
     result = -torch.special.xlogy(share, share).sum(dim=1)
     result = torch.where(constant, torch.zeros_like(result), result)
-    return result.to(torch.float32)
+    return result.to(device=mask.device, dtype=torch.float32)
 
 
 def score(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, mask: Tensor,
@@ -134,9 +137,10 @@ def faithfulness(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, target: Tensor
     Returns:
         ``{metric: (B,) float32}`` in ``FAITHFULNESS_NAMES`` order, on p's device.
     """
-    p = p.detach().to(torch.float64)
-    p_masked = p_masked.detach().to(device=p.device, dtype=torch.float64)
-    p_unmasked = p_unmasked.detach().to(device=p.device, dtype=torch.float64)
+    device = p.device
+    p = as_float64(p)
+    p_masked = as_float64(p_masked).to(p.device)
+    p_unmasked = as_float64(p_unmasked).to(p.device)
 
     predicted = p.argmax(dim=1, keepdim=True) if target is None else target.to(p.device).long().view(-1, 1)  # (B, 1)
     p_c = p.gather(1, predicted).squeeze(1)
@@ -150,7 +154,7 @@ def faithfulness(p: Tensor, p_masked: Tensor, p_unmasked: Tensor, target: Tensor
         "AG": 100.0 * (masked_c - p_c).clamp_min(0) / (1 - p_c + _PROB_EPS),
         "FidIn": (p_masked.argmax(dim=1) == predicted.squeeze(1)).to(torch.float64),
     }
-    return {name: results[name].to(torch.float32) for name in FAITHFULNESS_NAMES}
+    return {name: results[name].to(device=device, dtype=torch.float32) for name in FAITHFULNESS_NAMES}
 
 
 # --- degeneracy: is a score measuring the explanation at all? -------------------------------
@@ -170,7 +174,7 @@ def kept(mask: Tensor) -> Tensor:
     Returns:
         (B,) float32.
     """
-    return _flatten_per_sample(mask).mean(dim=1).to(torch.float32)
+    return _flatten_per_sample(mask).mean(dim=1).to(device=mask.device, dtype=torch.float32)
 
 
 def degenerate(mask: Tensor) -> Tensor:
@@ -183,7 +187,7 @@ def degenerate(mask: Tensor) -> Tensor:
         (B,) float32.
     """
     flat = _flatten_per_sample(mask)
-    return (flat.amax(dim=1) == flat.amin(dim=1)).to(torch.float32)
+    return (flat.amax(dim=1) == flat.amin(dim=1)).to(device=mask.device, dtype=torch.float32)
 
 
 def mask_statistics(mask: Tensor) -> dict[str, Tensor]:

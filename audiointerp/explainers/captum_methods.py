@@ -17,6 +17,7 @@ from captum.attr import Occlusion as CaptumOcclusion
 from captum.attr import Saliency as CaptumSaliency
 from torch import Tensor, nn
 
+from audiointerp.devices import as_float64
 from audiointerp.errors import AudioInterpError, expect_int
 from audiointerp.explainers.base import Explainer, content_seed
 from audiointerp.masks import SILENCE_DB
@@ -27,6 +28,14 @@ def silence_reference(inputs: Tensor, silence_level: float | None) -> Tensor:
     if silence_level is None:
         return inputs.amin(dim=(1, 2, 3), keepdim=True).expand_as(inputs).contiguous()
     return torch.full_like(inputs, float(silence_level))
+
+
+def completeness_error(delta: Tensor, change: Tensor) -> Tensor:
+    """|sum A - (f(x) - f(baseline))| / |f(x) - f(baseline)|: Captum's (B,) convergence ``delta`` over
+    the (B,) logit ``change``, in float64 (on the CPU for a device without it) -> (B,) float32 on the
+    CPU; NaN for a clip whose logit does not change (it has nothing to complete)."""
+    delta, change = as_float64(delta), as_float64(change)
+    return (delta.abs() / change.abs()).where(change != 0, torch.full_like(change, float("nan"))).float().cpu()
 
 
 def _gradient_ready(inputs: Tensor) -> Tensor:
@@ -70,10 +79,8 @@ class IntegratedGradients(Explainer):
             internal_batch_size=self.internal_batch_size, return_convergence_delta=True)
         with torch.no_grad():
             rows = torch.arange(len(inputs), device=inputs.device)
-            change = (model(inputs)[rows, target] - model(reference)[rows, target]).double()  # (B,)
-        # a clip whose logit does not change has nothing to complete: NaN, not a division by 0
-        self._completeness_error = (delta.detach().double().abs() / change.abs()).where(
-            change != 0, torch.full_like(change, float("nan"))).float().cpu()
+            change = model(inputs)[rows, target] - model(reference)[rows, target]  # (B,)
+        self._completeness_error = completeness_error(delta, change)
         return attribution.detach()
 
     def clip_diagnostics(self) -> dict[str, Tensor]:

@@ -32,6 +32,24 @@ KERNEL_WIDTH = 0.25
 RIDGE_ALPHA = 1.0
 
 
+def target_probabilities(model: nn.Module, on: Tensor, off: Tensor, segment_of_bin: Tensor, kept: Tensor,
+                         label: int, batch_size: int) -> Tensor:
+    """The softmax probability of class ``label`` for each perturbed spectrogram -> (S,) float32 on the CPU.
+
+    ``on`` and ``off`` (F, T): the clip and its segments' means, in dB; ``segment_of_bin`` (F, T):
+    each bin's segment; ``kept`` (S, K) bool: which of the K segments sample s keeps. All on the
+    model's device, where the (B, 1, F, T) perturbed spectrograms are built, ``batch_size`` per
+    forward; the probabilities leave it as float32 (a device such as Apple's MPS has no float64).
+    """
+    probabilities = []
+    with torch.inference_mode():
+        for start in range(0, len(kept), batch_size):
+            keep_bin = kept[start:start + batch_size][:, segment_of_bin]  # (B, F, T)
+            perturbed = torch.where(keep_bin, on, off).unsqueeze(1)
+            probabilities.append(torch.softmax(model(perturbed), dim=1)[:, label].float())
+    return torch.cat(probabilities).cpu()
+
+
 class Lime(Explainer):
     """Per-clip LIME; the attribution is each segment's ridge weight painted over the segment.
 
@@ -87,13 +105,8 @@ class Lime(Explainer):
         segment_of_bin = torch.from_numpy(segments).to(device)
         kept = torch.from_numpy(samples.astype(bool)).to(device)
 
-        probabilities = []
-        with torch.inference_mode():
-            for start in range(0, self.num_samples, self.batch_size):
-                keep_bin = kept[start:start + self.batch_size][:, segment_of_bin]  # (B, F, T)
-                perturbed = torch.where(keep_bin, on, off).unsqueeze(1)
-                probabilities.append(torch.softmax(model(perturbed), dim=1)[:, label])
-        target_probability = torch.cat(probabilities).double().cpu().numpy()
+        target_probability = target_probabilities(model, on, off, segment_of_bin, kept, label,
+                                                  self.batch_size).numpy().astype(np.float64)
 
         distances = pairwise_distances(samples, samples[:1], metric="cosine").ravel()
         kernel = np.sqrt(np.exp(-(distances ** 2) / KERNEL_WIDTH ** 2))
