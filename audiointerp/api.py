@@ -412,7 +412,7 @@ def _per_clip_table(clips: ClipSet, results: pipeline.RunResults, labelled: bool
 def _summary_table(explained: _Explained) -> pd.DataFrame:
     """summary.csv's rows as a DataFrame: the run's identity, the mask, the mean of each column."""
     setup = explained.setup
-    identity = {"explainer": setup.explainer_name, "feature": setup.choices.get("feature"), "data": None,
+    identity = {"explainer": setup.explainer_name, "model": None, "feature": setup.choices.get("feature"), "data": None,
                 "noise": None, "mask_set": setup.choices.get("mask"),
                 "silence_level": setup.cfg.mask.silence_level, "seed": setup.cfg.seed}
     rows = [{**identity, "mask": name, **row} for name, row in outputs.summarise(explained.results).items()]

@@ -51,7 +51,7 @@ SUMMARY_COLUMNS = ("mask", *METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAM
                    "collapse_masked", "collapse_unmasked", *ATTRIBUTION_SCORE_NAMES, *CLIP_SCORE_NAMES)
 #: What a run is, first in summary.csv and under "run" in run.json, so results can be gathered
 #: without parsing Hydra's overrides: the config group choices, the silence level, the seed.
-RUN_COLUMNS = ("explainer", "feature", "data", "noise", "mask_set", "silence_level", "seed")
+RUN_COLUMNS = ("explainer", "model", "feature", "data", "noise", "mask_set", "silence_level", "seed")
 _MEAN_COLUMNS = (*METRIC_NAMES, *MASK_STATISTIC_NAMES, *MASK_SCORE_NAMES, *AUDIO_METRIC_NAMES)
 
 

@@ -42,12 +42,12 @@ def config(explainer: str, seed: int, **changed) -> dict:
 
 
 def write_run(folder: Path, explainer: str, seed: int, fidin: np.ndarray, ff: np.ndarray | None = None,
-              deletion: np.ndarray | None = None, **changed) -> Path:
+              deletion: np.ndarray | None = None, model: str = "cnn14", **changed) -> Path:
     """A complete run folder: one mask (bin), per-clip FidIn (and FF, deletion areas) as given."""
     ff = np.zeros(N_CLIPS) if ff is None else ff
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config(explainer, seed, **changed)))
-    identity = {"explainer": explainer, "feature": "mel", "data": "synthetic", "noise": "none", "mask_set": "binary",
+    identity = {"explainer": explainer, "model": model, "feature": "mel", "data": "synthetic", "noise": "none", "mask_set": "binary",
                 "silence_level": -100.0, "seed": seed}
     (folder / "run.json").write_text(json.dumps({"run": identity, "class_names": ["a", "b"]}))
     clips = pd.DataFrame({"sample": range(N_CLIPS), "clip_id": [f"clip{i}" for i in range(N_CLIPS)],
@@ -81,8 +81,7 @@ def test_runs_that_differ_only_in_an_explainer_option_are_two_rows_not_one(tmp_p
                                 "synthetic_mel_saliency_none.csv"]
 
 
-@pytest.mark.parametrize("key,values", [("model.width", [0.0625, 0.125]), ("precision", ["fp32", "bf16"]),
-                                        ("mask.ties", ["keep", "rank"])])
+@pytest.mark.parametrize("key,values", [("precision", ["fp32", "bf16"]), ("mask.ties", ["keep", "rank"])])
 def test_runs_that_differ_in_a_setting_outside_the_columns_are_tabled_apart_and_named(tmp_path, key, values):
     write_run(tmp_path / "runs" / "a", "saliency", 0, np.ones(N_CLIPS), **{key: values[0]})
     write_run(tmp_path / "runs" / "b", "saliency", 0, np.zeros(N_CLIPS), **{key: values[1]})
@@ -96,6 +95,23 @@ def test_runs_that_differ_in_a_setting_outside_the_columns_are_tabled_apart_and_
     assert sorted(f"{key}={v}" in c for c in captions for v in values).count(True) == 2
     runs = pd.read_csv(tmp_path / "report" / "runs.csv").set_index("run")
     assert runs.loc["runs/a", "setting"] == f"{key}={values[0]}"
+
+
+def test_runs_of_two_classifiers_or_two_widths_are_tabled_apart_by_model(tmp_path):
+    """The model is a run column: two architectures are two conditions, and two widths of one
+    architecture are named in its column (``cnn14[width=...]``), never pooled."""
+    write_run(tmp_path / "runs" / "a", "saliency", 0, np.ones(N_CLIPS), model="cnn14")
+    write_run(tmp_path / "runs" / "b", "saliency", 0, np.zeros(N_CLIPS), model="ast",
+              **{"model._target_": "audiointerp.models.ast.AST"})
+    write_run(tmp_path / "runs" / "c", "saliency", 0, np.full(N_CLIPS, 0.5), model="cnn14", **{"model.width": 0.125})
+    report(tmp_path / "runs", out=tmp_path / "report")
+    folder = tmp_path / "report" / "tables" / "condition"
+    tables = {p.stem: pd.read_csv(p).set_index("mask").loc["bin", "FidIn"] for p in folder.glob("*.csv")}
+    assert tables == {"synthetic_mel_cnn14-width=0.0625_saliency_none": 1.0, "synthetic_mel_ast_saliency_none": 0.0,
+                      "synthetic_mel_cnn14-width=0.125_saliency_none": 0.5}
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv").set_index("run")
+    assert runs["model"].to_dict() == {"runs/a": "cnn14[width=0.0625]", "runs/b": "ast", "runs/c": "cnn14[width=0.125]"}
+    assert "model=ast" in (folder / "synthetic_mel_ast_saliency_none.md").read_text().splitlines()[0]
 
 
 def test_settings_that_change_no_result_do_not_split_runs_and_seeds_are_pooled(tmp_path):

@@ -95,11 +95,11 @@ def test_smoke_run_summary_is_the_mean_of_the_csvs(smoke_run):
 
 
 def test_smoke_run_says_what_it_is(smoke_run):
-    expected = {"explainer": "saliency", "feature": "mel", "data": "synthetic", "noise": "none", "mask_set": "all",
+    expected = {"explainer": "saliency", "model": "cnn14", "feature": "mel", "data": "synthetic", "noise": "none", "mask_set": "all",
                 "silence_level": -100.0, "seed": 0}
     assert json.loads((smoke_run / "run.json").read_text())["run"] == expected
     rows = read_csv(smoke_run / "summary.csv")
-    assert list(rows[0])[:8] == [*expected, "mask"]
+    assert list(rows[0])[:9] == [*expected, "mask"]
     assert all({k: r[k] for k in expected} == {k: str(v) for k, v in expected.items()} for r in rows)
 
 

@@ -14,8 +14,6 @@ from audiointerp.errors import AudioInterpError
 from audiointerp.outputs import RUN_COLUMNS
 from audiointerp.resume import INPUT_PATH_KEYS, NO_RESULT_KEYS
 
-#: Settings that define a condition; runs that differ only in ``seed`` are pooled (and counted).
-CONDITION_COLUMNS: tuple[str, ...] = ("data", "feature", "explainer", "noise", "silence_level")
 #: Config keys (dotted; a key names its whole subtree) whose values never set a run apart in the
 #: report: the seed (pooled, as an axis of its own), what changes no result (where caches live,
 #: shards), input paths (a folder moved is the same data; the run's identity holds their content),
@@ -29,7 +27,7 @@ IGNORED_SETTINGS: tuple[str, ...] = ("seed", "hydra", "n_examples", "device", "e
 #: Config groups named by a run column: settings under them that differ between runs of the same
 #: option are written into that column (``lmac[area=0.1]``); any other differing setting goes into
 #: the ``setting`` column (``model.width=0.125``), which every table is grouped by.
-GROUP_COLUMNS: tuple[str, ...] = ("explainer", "noise", "feature", "data")
+GROUP_COLUMNS: tuple[str, ...] = ("explainer", "model", "noise", "feature", "data")
 #: A run folder: Hydra writes this when the run starts, run.json when it ends.
 _STARTED = Path(".hydra") / "config.yaml"
 _REPORT_FOLDER = "report"

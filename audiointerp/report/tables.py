@@ -216,16 +216,16 @@ def _seed_tables(frame: pd.DataFrame, fixed: list[str], masks: list[str], metric
 
 
 def with_conditions(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """A copy of ``results`` with ``silence_level`` and ``setting`` as text, and the columns that
-    define a condition besides the explainer and the noise: data, feature, and the silence level and
-    ``setting`` where the report's runs differ in them."""
+    """A copy of ``results`` with ``model``, ``silence_level`` and ``setting`` as text, and the columns
+    that define a condition besides the explainer and the noise: data, feature, and the model, the
+    silence level and ``setting`` where the report's runs differ in them."""
     results = results.copy()
     results["silence_level"] = results["silence_level"].astype(str)
     if "setting" not in results.columns:
         results["setting"] = ""
     results["setting"] = results["setting"].fillna("").astype(str)
-    conditions = ["data", "feature"] + (["silence_level"] if results["silence_level"].nunique() > 1 else []) \
-        + (["setting"] if results["setting"].nunique() > 1 else [])
+    results["model"] = results["model"].fillna("").astype(str) if "model" in results.columns else ""
+    conditions = ["data", "feature"] + [c for c in ("model", "silence_level", "setting") if results[c].nunique() > 1]
     return results, conditions
 
 
