@@ -193,3 +193,24 @@ def test_the_report_tables_ranking_stability_across_seeds(tmp_path):
     results = pd.read_csv(tmp_path / "report" / "results.csv")
     assert {"deletion_auc", "insertion_auc"} <= set(results.columns)
     assert set(TABLE_METRICS) <= set(w.index)
+
+
+def test_two_classifiers_get_a_side_by_side_table_of_every_explainer(tmp_path):
+    """The architecture table puts each explainer on each model in a row of one table, with the
+    seeds of a model pooled (hierarchically) and the models never pooled with each other."""
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"cnn_sal_{seed}", "saliency", seed, np.ones(N_CLIPS), model="cnn14",
+                  deletion=np.full(N_CLIPS, 0.2))
+        write_run(tmp_path / "runs" / f"ast_sal_{seed}", "saliency", seed, np.full(N_CLIPS, seed * 0.5), model="ast",
+                  deletion=np.full(N_CLIPS, 0.6), **{"model._target_": "audiointerp.models.ast.AST"})
+        write_run(tmp_path / "runs" / f"ast_rnd_{seed}", "random", seed, np.zeros(N_CLIPS), model="ast",
+                  deletion=np.full(N_CLIPS, 0.9), **{"model._target_": "audiointerp.models.ast.AST"})
+    report(tmp_path / "runs", out=tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "tables" / "architecture" / "synthetic_none_bin.csv")
+    table = table.set_index("explainer · model")
+    assert table["FidIn"].to_dict() == {"random · ast": 0.0, "saliency · ast": 0.25, "saliency · cnn14": 1.0}
+    assert (table["n"] == 2 * N_CLIPS).all()
+    curves = pd.read_csv(tmp_path / "report" / "tables" / "architecture_localization" / "synthetic_none.csv")
+    assert curves.set_index("explainer · model")["deletion_auc"].round(6).to_dict() == {
+        "random · ast": 0.9, "saliency · ast": 0.6, "saliency · cnn14": 0.2}
+    assert "Across classifiers" in (tmp_path / "report" / "index.html").read_text()

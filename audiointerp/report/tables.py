@@ -248,7 +248,10 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
     - ``localization``: per (data, feature, noise), the explainers' scores against the ground truth
       (runs with evidence only; one row per clip, not per mask);
     - ``ranking``: per (data, feature, noise), the explainers' deletion and insertion areas (and IG's
-      completeness error), which score the attribution's ranking with no mask (one row per clip).
+      completeness error), which score the attribution's ranking with no mask (one row per clip);
+    - ``architecture`` / ``architecture_localization``: where runs differ in the model, per (data,
+      noise, mask) / per (data, noise) every explainer on every model side by side (rows
+      ``explainer · model``, with the feature where models were fed different ones).
     The silence level and the ``setting`` column (every other setting runs differ in but the seed)
     are part of a condition only when the report's runs differ in them; cells pooled over seeds
     have hierarchical intervals (:func:`hierarchical_interval`).
@@ -293,6 +296,34 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
             shown = [m for m in present if group[m].notna().any()]
             tables.append(_table(group, "ranking", fixed, "explainer", shown, resamples, seed,
                                  note=" (the attribution's ranking, no mask: deletion and insertion areas)"))
+    if "model" in conditions:
+        tables.extend(_architecture_tables(results, [c for c in conditions if c not in ("model", "feature")],
+                                           resamples, seed))
+    return tables
+
+
+def _architecture_tables(results: pd.DataFrame, conditions: list[str], resamples: int, seed: int) -> list[Table]:
+    """Every explainer on every model in one table, so that "is the best explainer the same on both
+    architectures?" is read off one page: the faithfulness metrics per (conditions, noise, mask), and
+    the scores against the ground truth and of the attribution's ranking per (conditions, noise)."""
+    results = results.copy()
+    label = results["explainer"] + " · " + results["model"]
+    if results.groupby("model")["feature"].nunique().max() > 1 or results["feature"].nunique() > 1:
+        label = label + " · " + results["feature"].astype(str)
+    results["explainer · model"] = label
+    tables = []
+    fixed = [*conditions, "noise", "mask"]
+    for group in grouped(results, fixed):
+        tables.append(_table(group, "architecture", fixed, "explainer · model", list(TABLE_METRICS), resamples, seed))
+    per_clip_metrics = [m for m in (*LOCALIZATION_METRICS, *CLIP_SCORE_METRICS[:2]) if m in results.columns]
+    if per_clip_metrics:
+        per_clip = results.dropna(subset=per_clip_metrics, how="all").drop_duplicates(subset=["run", "sample"])
+        fixed = [*conditions, "noise"]
+        for group in grouped(per_clip, fixed):
+            shown = [m for m in per_clip_metrics if group[m].notna().any()]
+            tables.append(_table(group, "architecture_localization", fixed, "explainer · model", shown, resamples,
+                                 seed, note=" (no mask: against the ground truth where there is one, and the "
+                                            "deletion and insertion areas)"))
     return tables
 
 
