@@ -34,18 +34,27 @@ class Explainer:
     and get the validation split's inputs and labels after the training split's.
     Reference explainers that read the ground truth (``oracle``) set ``needs_evidence``; they are
     then called with ``evidence=`` the (B, 1, F, T) bool region of each clip's class event.
+    Explainers that only run the classifier forward (``lime``, ``occlusion``, ``random``, ``oracle``)
+    clear ``needs_gradients``; the others differentiate it, which a black box does not allow.
     """
 
     needs_training_data: bool = False
     needs_validation_data: bool = False
     needs_evidence: bool = False
+    needs_gradients: bool = True
 
     def check(self, model: nn.Module) -> None:
         """Raise AudioInterpError if the explainer's settings do not fit ``model``; called before training.
 
-        Here: an explainer that runs the model on other clips (``needs_training_data``: a background,
-        a decoder's training) is refused for a classifier of audio, which hears a spectrogram only
-        with its own clip's phase (``audiointerp.models.waveform``)."""
+        Here: an explainer that differentiates the classifier (``needs_gradients``) is refused for a
+        black box whose network says ``differentiable = False`` (``model=birdnet``); one that runs
+        the model on other clips (``needs_training_data``: a background, a decoder's training) is
+        refused for a classifier of audio, which hears a spectrogram only with its own clip's phase
+        (``audiointerp.models.waveform``)."""
+        network = getattr(model, "network", model)
+        if self.needs_gradients and not getattr(network, "differentiable", True):
+            raise AudioInterpError(f"explainer={type(self).__name__}: differentiates the classifier, but {network!r} is "
+                                   "a black box without gradients; use lime, occlusion or random")
         if self.needs_training_data and getattr(model, "input_kind", "spectrogram") == "waveform":
             raise AudioInterpError(f"explainer={type(self).__name__}: runs the classifier on training clips, whose "
                                    "phase a waveform classifier's inverse does not have; use saliency, gradcam, "

@@ -160,6 +160,8 @@ class Occlusion(Explainer):
         perturbations_per_eval: occluded copies per forward pass (per input).
     """
 
+    needs_gradients = False  # forward passes only: explains a black box too
+
     def __init__(self, patch: Sequence[int] = (8, 20), stride: Sequence[int] = (4, 10),
                  silence_level: float | None = SILENCE_DB, perturbations_per_eval: int = 64):
         if len(patch) != 2 or len(stride) != 2 or min(*patch, *stride) < 1:

@@ -62,6 +62,8 @@ class Lime(Explainer):
             its batch. ``None`` draws from NumPy's global generator, as the package does.
     """
 
+    needs_gradients = False  # forward passes only: explains a black box too
+
     def __init__(self, num_samples: int = 1000, batch_size: int = 10, random_state: int | None = 0):
         if num_samples < 2:
             raise AudioInterpError(f"explainer.num_samples must be >= 2, got {num_samples}")

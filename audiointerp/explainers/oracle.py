@@ -22,6 +22,7 @@ class Oracle(Explainer):
     """
 
     needs_evidence = True
+    needs_gradients = False  # forward passes only: explains a black box too
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor, evidence: Tensor | None = None) -> Tensor:
         """inputs (B, 1, F, T), evidence (B, 1, F, T) bool -> (B, 1, F, T) float32 in {-1, 1}."""

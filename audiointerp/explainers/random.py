@@ -23,6 +23,8 @@ class RandomAttribution(Explainer):
         seed: mixed into every clip's generator seed.
     """
 
+    needs_gradients = False  # forward passes only: explains a black box too
+
     def __init__(self, seed: int = 0) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise AudioInterpError(f"explainer.seed: expected a non-negative integer, got {seed!r}")
