@@ -14,7 +14,9 @@ class GradCam(Explainer):
     """Channel weights = spatially averaged gradients; weighted sum of activations; no ReLU.
 
     Skipping Grad-CAM's usual ReLU keeps negative evidence, which the ``*_pos`` masks and the
-    signed masks then treat differently. The map is bilinearly resized to the input's (F, T).
+    signed masks then treat differently. The map is bilinearly resized to the input's (F, T). The
+    layer's output and its gradient are put on a (B, C, f, t) grid by the classifier's ``as_map``
+    (a conv map as it is; a transformer's patch tokens on the patch grid, CLS tokens dropped).
 
     Args:
         layer: dotted name of the module (of the classifier's ``network``) whose (B, C, f, t) output
@@ -46,12 +48,14 @@ class GradCam(Explainer):
         with torch.enable_grad():
             # The input requires grad so the graph exists even for a frozen model; the
             # backward pass stops at the layer (no weight or input gradients are computed).
-            logits, (activation,) = model.layer_outputs(inputs.detach().clone().requires_grad_(True), [name])
+            logits, (output,) = model.layer_outputs(inputs.detach().clone().requires_grad_(True), [name])
+            activation = model.as_map(name, output, inputs)  # a conv map as it is; a transformer's patch tokens
             if activation.dim() != 4:
-                raise AudioInterpError(f"explainer.layer={name}: its output has shape {tuple(activation.shape)}, not "
+                raise AudioInterpError(f"explainer.layer={name}: its output has shape {tuple(output.shape)}, not "
                                        "a (B, C, f, t) map; set explainer.layer to a 2-D convolution's module")
             selected = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
-            (activation_grad,) = torch.autograd.grad(selected, activation)
+            (output_grad,) = torch.autograd.grad(selected, output)
+        activation, activation_grad = activation.detach(), model.as_map(name, output_grad, inputs)
         channel_weights = activation_grad.mean(dim=(2, 3), keepdim=True)
         cam = (channel_weights * activation).sum(dim=1, keepdim=True).detach().float()  # (B, 1, f, t)
         return F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)

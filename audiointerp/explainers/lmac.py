@@ -251,7 +251,9 @@ class Lmac(Explainer):
         """One classifier forward: (B, C) logits and the listened layers' (B, C_b, F_b, T_b) outputs."""
         if not self.listened:  # before prepare(): the configured layers, or the model's choice
             self.listened = self.layers or model.listened_layers(inputs)
-        logits, activations = model.layer_outputs(inputs, self.listened)
+        logits, outputs = model.layer_outputs(inputs, self.listened)
+        # a conv map as it is; a transformer's patch tokens on the patch grid (Classifier.as_map)
+        activations = [model.as_map(name, output, inputs) for name, output in zip(self.listened, outputs)]
         for name, activation in zip(self.listened, activations):
             if activation.dim() != 4:
                 raise AudioInterpError(f"explainer.layers: {name} outputs shape {tuple(activation.shape)}, not a "

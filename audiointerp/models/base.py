@@ -13,11 +13,19 @@ The contract (:class:`Classifier`):
 - ``set_precision(dtype)``: later passes autocast to ``dtype`` (None: float32); logits stay float32.
 - ``layer_outputs(inputs, names)``: one forward, the logits and the outputs of the named modules
   (forward hooks here; a TorchScript model reads them from its graph).
+- ``as_map(name, output, inputs)``: module ``name``'s output as a (B, C, f, t) map on the grid of
+  ``inputs`` (what Grad-CAM weighs and L-MAC listens to): the output itself here; a transformer puts
+  its patch tokens back on the patch grid (``audiointerp.models.ast``). Linear, so it maps the
+  output's gradient alike.
 - ``gradcam_layer()``, ``listened_layers(inputs)``, ``randomisation_cascade()``: the automatic
   choices of Grad-CAM's layer, L-MAC's listened layers and the sanity checks' randomisation order,
   used when the option is not set; Cnn14 names its own.
 - ``weights_included``: True when the weights come with the model (a TorchScript file), so a run never
   trains it.
+- ``channels_last_useful``: False where the channels-last layout means nothing (a transformer):
+  ``channels_last=true`` then leaves the model as it is.
+- ``deeplift_refusal``: None, or why DeepSHAP's rules cannot explain the network exactly
+  (``explainer=shap`` is then refused with it).
 
 Any ``nn.Module`` mapping (B, 1, F, T) to (B, C) logits meets it once wrapped by
 :func:`audiointerp.models.as_classifier`.
@@ -62,6 +70,10 @@ class Classifier(nn.Module):
     input_kind: str = "spectrogram"
     #: The weights come with the model (nothing to train); see the module docstring.
     weights_included: bool = False
+    #: Whether the channels-last memory format means anything for the network; see the module docstring.
+    channels_last_useful: bool = True
+    #: Why DeepSHAP cannot explain the network (None: it can); see the module docstring.
+    deeplift_refusal: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,6 +133,12 @@ class Classifier(nn.Module):
         if missing:
             raise AudioInterpError(f"layer: module {missing[0]!r} is not called by the model's forward")
         return logits, [captured[i] for i in range(len(names))]
+
+    def as_map(self, name: str, output: Tensor, inputs: Tensor) -> Tensor:
+        """Module ``name``'s ``output`` (as :meth:`layer_outputs` returned it, for (B, 1, F, T)
+        ``inputs``) as a (B, C, f, t) map: here the output itself. Must be linear (a rearrangement):
+        Grad-CAM maps the output's gradient with it too."""
+        return output
 
     # --- automatic choices ------------------------------------------------------------------
 
