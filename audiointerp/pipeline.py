@@ -170,7 +170,8 @@ def explain_and_score(model: nn.Module, explainer: Explainer, feature, clips: Cl
     every batch, else None (other shards' batches are still missing).
 
     ``channels_last``: the forward-only passes that classify the clips and their masked copies run
-    with the model channels-last (:func:`audiointerp.models.channels_last`); the explainer's do not.
+    with the model channels-last (:func:`audiointerp.models.channels_last`); an explainer's passes run
+    as it chooses (LIME's forwards follow the same option, given by its config).
 
     ``targets``: (N,) int64, the class each clip's attribution explains instead of the predicted one
     (:func:`audiointerp.explain`'s ``target``); the metrics then score that class.

@@ -7,6 +7,9 @@ model's passes under bf16 autocast; see ``audiointerp.models.PRECISIONS``) print
   background; training the decoder, one epoch on the background clips here) is not timed.
 - evaluation: s/clip of scoring one clip as the pipeline does: one forward of the clip (its class),
   the 14 masks of its attribution, then one forward of its 28 masked and complementary spectrograms.
+- ``lime quickshift``: s/clip of LIME's segmentation alone (``Lime.segment``: min-max scaling and
+  quickshift), which runs on the CPU without the model, so it is the same at every precision; the
+  ``lime`` rows include it.
 - bf16 against fp32, over the timed clips: Spearman rank correlation of the attributions (mean over
   clips), and the absolute difference of the FF and Fid-In means (over clips and the 14 masks).
 
@@ -46,6 +49,8 @@ from audiointerp.masks import MASK_NAMES, SILENCE_DB, apply_mask, make_masks  # 
 from audiointerp.metrics import score  # noqa: E402
 from audiointerp.models import PRECISIONS, Cnn14, channels_last  # noqa: E402
 
+#: Rows that time a step of an explainer that does not run the model (one measurement, every precision).
+SEGMENTATION_ROWS = ("lime quickshift",)
 EXPLAINER_NAMES = ("saliency", "gradcam", "lime", "shap", "shap_gradient", "integrated_gradients", "smoothgrad",
                    "occlusion", "lmac", "lmac_sparse")
 SAMPLE_RATE = 32000
@@ -57,8 +62,11 @@ def build_explainers(args: argparse.Namespace) -> dict[str, Callable[[], Explain
     return {
         "saliency": Saliency,
         "gradcam": GradCam,
-        "lime": lambda: Lime(num_samples=args.lime_samples, batch_size=args.lime_batch, random_state=0),
-        "lime (batch 256)": lambda: Lime(num_samples=args.lime_samples, batch_size=256, random_state=0),
+        "lime": lambda: Lime(num_samples=args.lime_samples, batch_size=args.lime_batch, random_state=0,
+                             channels_last=not args.contiguous),
+        "lime (batch 256)": lambda: Lime(num_samples=args.lime_samples, batch_size=256, random_state=0,
+                                         channels_last=not args.contiguous),
+        "lime quickshift": lambda: Lime(random_state=0),
         "shap": lambda: DeepShap(per_class=1, seed=0, background_batch=args.shap_background_batch),
         "shap_gradient": lambda: GradientShap(per_class=1, seed=0,
                                               n_samples=args.shap_gradient_samples),
@@ -132,6 +140,14 @@ def attribution_seconds(model, explainer: Explainer, warm_up: torch.Tensor, clip
     return (time.perf_counter() - started) / len(clips), torch.cat(maps)
 
 
+def segmentation_seconds(explainer: Lime, clips: torch.Tensor) -> float:
+    """s/clip of LIME's segmentation of each of ``clips`` (N, 1, F, T)."""
+    started = time.perf_counter()
+    for clip in clips:
+        explainer.segment(clip[0])
+    return (time.perf_counter() - started) / len(clips)
+
+
 def evaluation_seconds(model, clips: torch.Tensor, attributions: torch.Tensor, device,
                        in_channels_last: bool) -> tuple[float, dict[str, float]]:
     """s/clip of scoring as the pipeline does (its passes channels-last unless told not to), and the
@@ -175,7 +191,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--widths", type=float, nargs="+", default=[1 / 16, 1.0], help="Cnn14 widths")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
     parser.add_argument("--contiguous", action="store_true",
-                        help="score in the default memory format (a run's channels_last=false), not channels-last")
+                        help="score, and run LIME's forwards, in the default memory format (a run's "
+                             "channels_last=false), not channels-last")
     parser.add_argument("--explainers", nargs="+", default=list(EXPLAINER_NAMES), choices=EXPLAINER_NAMES)
     parser.add_argument("--lime-samples", type=int, default=100, help="LIME perturbed spectrograms per clip")
     parser.add_argument("--lime-batch", type=int, default=10, help="LIME spectrograms per forward (the config's default)")
@@ -230,6 +247,11 @@ def main() -> None:
         torch.manual_seed(0)
         model = Cnn14(n_bins=64, n_classes=args.classes, width=width).eval().to(device)
         for name in rows:
+            if name in SEGMENTATION_ROWS:
+                value = segmentation_seconds(factories[name](), clips[args.batch_size:])
+                print(f"{f'Cnn14 width {width:g}':<18} {'cpu':<6} {name:<21} " + " ".join(
+                    [f"{value:>24.3g}" for _ in precisions] + [f"{'-':>24}" for _ in precisions]), flush=True)
+                continue
             seconds: dict[str, list[float]] = {"attribution": [], "evaluation": []}
             maps, means = {}, {}
             for precision in precisions:

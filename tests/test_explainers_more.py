@@ -387,8 +387,11 @@ def lime_against_the_package(model, clips):
     the package's (N, F, T) float64, the (N * num_samples, 1, F, T) spectrograms ours gave the model
     and those the package gave it, the batch sizes ours used)."""
     recorder = InputRecorder(model)
-    # float64 inputs: the attribution comes back in float64, so only the ridge fits' rounding differs
-    ours = Lime(**LIME_REFERENCE_SETTINGS).attribute(recorder, clips.double(), torch.tensor(LIME_REFERENCE_TARGETS))
+    # float64 inputs: the attribution comes back in float64, so only the ridge fits' rounding differs;
+    # the package's forwards run in the default layout, so ours do too here (channels-last rounds
+    # differently: test_lime_forwards_run_channels_last)
+    ours = Lime(**LIME_REFERENCE_SETTINGS, channels_last=False).attribute(recorder, clips.double(),
+                                                                         torch.tensor(LIME_REFERENCE_TARGETS))
     references = [lime_package_reference(model, clip[0], label, **LIME_REFERENCE_SETTINGS)
                   for clip, label in zip(clips, LIME_REFERENCE_TARGETS)]
     return (ours, torch.stack([weights for weights, _ in references]), torch.cat(recorder.batches),
@@ -408,6 +411,28 @@ def test_lime_gives_the_lime_packages_attributions_on_real_clips(real_clips):
         assert reference_clip.abs().max() > 1e-3, "the test needs weights well above rounding"
         # the package fits its ridge on the segments reordered by a first fit; the order only rounds
         torch.testing.assert_close(ours_clip, reference_clip, rtol=1e-9, atol=1e-12)
+
+
+def test_lime_forwards_run_channels_last_and_give_the_default_layouts_attributions(real_clips):
+    """LIME's forwards are forward-only passes like the scoring of masks, and run in the same layout:
+    the model's weights channels-last while it explains (the run's channels_last), restored after."""
+    model, clips = real_clips
+    layouts: list[bool] = []
+    hook = model.conv_block2.conv1.register_forward_hook(
+        lambda module, inputs, output: layouts.append(module.weight.is_contiguous(memory_format=torch.channels_last)))
+    targets = torch.tensor(LIME_REFERENCE_TARGETS[:2])
+    try:
+        fast = Lime(**LIME_REFERENCE_SETTINGS).attribute(model, clips[:2], targets)
+        assert layouts and all(layouts), "every forward channels-last"
+        layouts.clear()
+        exact = Lime(**LIME_REFERENCE_SETTINGS, channels_last=False).attribute(model, clips[:2], targets)
+        assert layouts and not any(layouts)
+    finally:
+        hook.remove()
+    assert all(p.is_contiguous() for p in model.parameters()), "the default layout comes back"
+    # the same probabilities up to the layout's float rounding, so the same weights nearly
+    torch.testing.assert_close(fast, exact, rtol=1e-3, atol=1e-3 * exact.abs().max().item())
+    assert repr(Lime()) == "Lime(num_samples=1000, batch_size=10, channels_last=True)"
 
 
 def test_lime_reference_comparison_sees_a_wrong_kernel(real_clips, monkeypatch):

@@ -11,6 +11,11 @@ target class's softmax probability, the cosine-distance kernel sqrt(exp(-d^2 / 0
 segment's mean, instead of a float64 RGB copy of the image per sample masked segment by segment.
 The model is given the same float32 values bit for bit, so the attributions are the package's up
 to the rounding of its ridge fit (tests/test_explainers_more.py compares the two).
+
+The forwards are forward-only passes like the scoring of masks, so they run in the same layout:
+the model channels-last while a batch of clips is explained (``channels_last``, the run's option;
+``audiointerp.models.channels_last``), and at the run's ``precision``. The segmentation, which does
+not touch the model, is :meth:`Lime.segment`, so that it can be timed apart.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sklearn.metrics import pairwise_distances
 from sklearn.utils import check_random_state
 from torch import Tensor, nn
 
+from audiointerp import models
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import Explainer, model_device
 
@@ -60,11 +66,12 @@ class Lime(Explainer):
         random_state: seed of the sampler (and, through it, of quickshift's ties), as the package's
             ``random_state``; each clip starts from it, so a clip's attribution does not depend on
             its batch. ``None`` draws from NumPy's global generator, as the package does.
+        channels_last: run the forwards with the model's weights channels-last, as the run's
+            ``channels_last`` does for scoring (the config passes that option on).
     """
 
-    needs_gradients = False  # forward passes only: explains a black box too
-
-    def __init__(self, num_samples: int = 1000, batch_size: int = 10, random_state: int | None = 0):
+    def __init__(self, num_samples: int = 1000, batch_size: int = 10, random_state: int | None = 0,
+                 channels_last: bool = True):
         if num_samples < 2:
             raise AudioInterpError(f"explainer.num_samples must be >= 2, got {num_samples}")
         if batch_size < 1:
@@ -72,28 +79,34 @@ class Lime(Explainer):
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
         self.random_state = random_state
+        self.channels_last = bool(channels_last)
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         """inputs (B, 1, F, T) dB, target (B,) -> (B, 1, F, T) segment weights for each clip's target."""
         device = model_device(model)
-        attributions = [self._explain_one(model, clip[0], int(label), device)
-                        for clip, label in zip(inputs, target.tolist())]
+        with models.channels_last(model, self.channels_last):
+            attributions = [self._explain_one(model, clip[0], int(label), device)
+                            for clip, label in zip(inputs, target.tolist())]
         return torch.stack(attributions)[:, None].to(dtype=inputs.dtype, device=inputs.device)
 
-    def _explain_one(self, model: nn.Module, log_db: Tensor, label: int, device: torch.device) -> Tensor:
-        """log_db (F, T) in dB -> (F, T) float64 segment weights for class ``label``, on the CPU."""
+    def segment(self, log_db: Tensor) -> tuple[np.ndarray, np.ndarray, float, float, np.random.RandomState]:
+        """log_db (F, T) in dB -> the min-max scaled image (F, T) float64, its quickshift segments
+        (F, T) labelled 0..K-1, the scale's low and span, and the sampler after quickshift's seed was
+        drawn from it (the package's order of draws from one generator)."""
         log_db = log_db.detach().cpu().double().numpy()
         low, high = float(log_db.min()), float(log_db.max())
         # A flat clip has no range; any positive span makes the round trip exact (image = 0).
         span = high - low if high > low else 1.0
         image = (log_db - low) / span
-
-        # The package's order of draws from one generator: quickshift's seed, then the samples.
         random_state = check_random_state(self.random_state)
         segmentation = SegmentationAlgorithm("quickshift", kernel_size=4, max_dist=200, ratio=0.2,
                                              random_seed=random_state.randint(0, high=1000))
+        return image, segmentation(gray2rgb(image)), low, span, random_state
+
+    def _explain_one(self, model: nn.Module, log_db: Tensor, label: int, device: torch.device) -> Tensor:
+        """log_db (F, T) in dB -> (F, T) float64 segment weights for class ``label``, on the CPU."""
+        image, segments, low, span, random_state = self.segment(log_db)
         # quickshift labels its segments 0..K-1, so segment k is the samples' column k.
-        segments = segmentation(gray2rgb(image))
         n_segments = int(segments.max()) + 1
         samples = random_state.randint(0, 2, self.num_samples * n_segments).reshape(self.num_samples, n_segments)
         samples[0, :] = 1
@@ -118,4 +131,4 @@ class Lime(Explainer):
         return torch.from_numpy(ridge.coef_[segments])
 
     def __repr__(self) -> str:
-        return f"Lime(num_samples={self.num_samples}, batch_size={self.batch_size})"
+        return f"Lime(num_samples={self.num_samples}, batch_size={self.batch_size}, channels_last={self.channels_last})"
