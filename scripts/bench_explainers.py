@@ -62,12 +62,14 @@ def build_explainers(args: argparse.Namespace) -> dict[str, Callable[[], Explain
     return {
         "saliency": Saliency,
         "gradcam": GradCam,
-        "lime": lambda: Lime(num_samples=args.lime_samples, batch_size=args.lime_batch, random_state=0,
-                             channels_last=not args.contiguous),
-        "lime (batch 256)": lambda: Lime(num_samples=args.lime_samples, batch_size=256, random_state=0,
-                                         channels_last=not args.contiguous),
+        **{("lime" if i == 0 else f"lime (batch {batch})"): (
+            lambda batch=batch: Lime(num_samples=args.lime_samples, batch_size=batch, random_state=0,
+                                     channels_last=not args.contiguous))
+           for i, batch in enumerate(args.lime_batches)},
         "lime quickshift": lambda: Lime(random_state=0),
-        "shap": lambda: DeepShap(per_class=1, seed=0, background_batch=args.shap_background_batch),
+        # the additivity check is one sum per clip, and bf16 refuses it (DeepShap's docstring)
+        "shap": lambda: DeepShap(per_class=1, seed=0, background_batch=args.shap_background_batch,
+                                 check_additivity=False),
         "shap_gradient": lambda: GradientShap(per_class=1, seed=0,
                                               n_samples=args.shap_gradient_samples),
         "integrated_gradients": lambda: IntegratedGradients(silence_level=SILENCE_DB, n_steps=32,
@@ -195,7 +197,8 @@ def parse_args() -> argparse.Namespace:
                              "channels_last=false), not channels-last")
     parser.add_argument("--explainers", nargs="+", default=list(EXPLAINER_NAMES), choices=EXPLAINER_NAMES)
     parser.add_argument("--lime-samples", type=int, default=100, help="LIME perturbed spectrograms per clip")
-    parser.add_argument("--lime-batch", type=int, default=10, help="LIME spectrograms per forward (the config's default)")
+    parser.add_argument("--lime-batches", type=int, nargs="+", default=[10, 256],
+                        help="LIME spectrograms per forward, one row each (the first: the config's default)")
     parser.add_argument("--shap-background", type=int, default=10, help="SHAP background clips (one per class)")
     parser.add_argument("--shap-background-batch", type=int, default=25,
                         help="SHAP background clips per shap call (attributions averaged over the chunks)")
@@ -230,7 +233,7 @@ def main() -> None:
     print(f"input: {source}, (1, 64, 501) log-mel; {args.clips} timed clips, {args.batch_size} per attribute call; "
           f"{args.classes} classes; torch threads {torch.get_num_threads()}; scoring passes "
           f"{'contiguous' if args.contiguous else 'channels-last'}")
-    print(f"lime: {args.lime_samples} samples, batch {args.lime_batch} (and 256); shap/shap_gradient: background "
+    print(f"lime: {args.lime_samples} samples, batch {' and '.join(map(str, args.lime_batches))}; shap/shap_gradient: background "
           f"{args.shap_background} clips (shap in chunks of {args.shap_background_batch}), shap_gradient "
           f"{args.shap_gradient_samples} samples; IG 32 steps; SmoothGrad 16 samples; occlusion 8x20 stride 4x10; "
           f"forward batch {args.forward_batch}; evaluation: 1 forward + 14 masks + one forward of 28 spectrograms/clip")
