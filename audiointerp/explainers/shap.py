@@ -312,6 +312,9 @@ class DeepShap(_BackgroundShap):
             raise AudioInterpError("explainer=shap: DeepSHAP rewrites the gradients of the model's ReLU and max-pool "
                                    "modules, which a TorchScript model does not allow; use explainer=shap_gradient "
                                    "(expected gradients), or give the model's class as model=module")
+        refusal = getattr(model, "deeplift_refusal", None)  # the classifier says why its network has no exact rules
+        if refusal:
+            raise AudioInterpError(f"explainer=shap: {refusal}; use explainer=shap_gradient (expected gradients)")
         self._refuse_unchecked_precision(model)
 
     def _refuse_unchecked_precision(self, model: nn.Module) -> None:
