@@ -111,7 +111,8 @@ def run(cfg: DictConfig) -> Path:
     explainer = build(cfg.explainer)
     contaminate = build(cfg.noise)
     dataset = build(cfg.data)
-    check_runnable(dataset, cfg.model.get("checkpoint"), choices.get("data"))  # unlabelled data: a checkpoint only
+    if dataset.has_labels or not _includes_weights(cfg.model):  # its own weights and classes: no checkpoint needed
+        check_runnable(dataset, cfg.model.get("checkpoint"), choices.get("data"))  # unlabelled data: a checkpoint only
     if dataset.split_size(cfg.split) == 0:
         raise AudioInterpError(f"split={cfg.split}: data={choices.get('data')} has no clips in it; expected at least one "
                                "to explain")
@@ -149,6 +150,17 @@ def run(cfg: DictConfig) -> Path:
                         contaminate, mask_names, explainer, model, augment), occupancy.alone)
 
 
+def _includes_weights(model_cfg: DictConfig) -> bool:
+    """Whether the configured classifier's class comes with its weights and its classes (a TorchScript
+    file, ``model=birdnet``), so that clips without labels need neither a checkpoint nor data.class_names."""
+    from hydra.utils import get_object
+
+    try:
+        return getattr(get_object(str(model_cfg.get("_target_"))), "weights_included", False) is True
+    except Exception:  # noqa: BLE001 - build_model says in one line what is wrong with the target
+        return False
+
+
 def build_augment(options) -> TrainingAugment:
     """``train.augment`` as the training step's augmentation (null: none), or a one-line error."""
     options = {} if options is None else dict(options)
@@ -179,7 +191,8 @@ def _run(context: Run, alone: bool) -> Path:
     model.set_precision(PRECISIONS[cfg.train.precision])  # training is fp32 unless asked
     checkpoint = cfg.model.get("checkpoint")
     if model.weights_included and not checkpoint:  # a TorchScript file: its own weights, never trained here
-        source = train.ModelSource("file", Path(to_absolute_path(str(cfg.model.path))), {})
+        path = cfg.model.get("path") or getattr(model.network, "model_file", None)  # null: the file the package ships
+        source = train.ModelSource("file", Path(to_absolute_path(str(path))), {})
     else:
         source = train.obtain_model(
             model, checkpoint=checkpoint and to_absolute_path(checkpoint),
@@ -249,8 +262,10 @@ def _write_results(context: Run, clips, results, source, resumed) -> None:
                 "noise": choices.get("noise"), "mask_set": choices.get("mask"), "silence_level": cfg.mask.silence_level,
                 "seed": cfg.seed}
     summary = outputs.write_summary(run_dir, per_mask, identity)
+    # the data's classes, or a pretrained classifier's own where the clips have none (model=birdnet's species)
+    class_names = list(clips.class_names) or list(getattr(model.network, "class_names", None) or [])
     warning = metrics.collapse_warning([m["predicted_masked"] for m in results.metrics.values()],
-                                       [m["predicted_unmasked"] for m in results.metrics.values()], clips.class_names)
+                                       [m["predicted_unmasked"] for m in results.metrics.values()], class_names)
     outputs.write_attributions(run_dir, clips, results)
     seconds = round(time.perf_counter() - started, 2)
     # How this process got its results; not part of them (run.json is the same however the model
@@ -262,7 +277,7 @@ def _write_results(context: Run, clips, results, source, resumed) -> None:
     outputs.write_json(run_dir / "provenance.json", provenance)
     report = {
         "run": identity, "run_sha256": fingerprint, "code_version": resume.code_version(),
-        "split": cfg.split, "n_clips": len(clips), "class_names": list(clips.class_names), "clean_accuracy": clean_accuracy,
+        "split": cfg.split, "n_clips": len(clips), "class_names": class_names, "clean_accuracy": clean_accuracy,
         "explained_accuracy": explained_accuracy, "device": str(device), "precision": cfg.precision,
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
                   for name, row in per_mask.items()},
