@@ -26,7 +26,7 @@ from audiointerp.data import SPLITS
 from audiointerp.data.base import check_runnable
 from audiointerp.errors import AudioInterpError, build, expect_int
 from audiointerp.augment import TrainingAugment
-from audiointerp.models import PRECISIONS, Classifier, build_model, check_precision
+from audiointerp.models import PRECISIONS, Classifier, build_model, check_precision, loads_pretrained
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
 log = logging.getLogger("audiointerp")
@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> Path:
             raise AudioInterpError(f"{option}: expected true or false, got {cfg[option]!r}")
     check_precision("train.precision", cfg.train.precision)
     check_precision("precision", cfg.precision)
-    if cfg.model.get("pretrained") not in (None, "panns"):
+    if cfg.model.get("pretrained") not in (None, "panns") and not loads_pretrained(cfg.model):  # AST: a hub id
         raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
     augment = build_augment(cfg.train.get("augment"))
     seed_everything(cfg.seed)
