@@ -130,6 +130,7 @@ class _Setup:
     mask_names: list[str]
     device: torch.device
     overrides: list[str]
+    silence_level_db: float | None  # as configured; cfg.mask.silence_level is in the feature's units
 
 
 def _setup(explainer: str | Explainer, feature: str, overrides: Sequence[str]) -> _Setup:
@@ -152,6 +153,11 @@ def _setup(explainer: str | Explainer, feature: str, overrides: Sequence[str]) -
             raise AudioInterpError(f"{option}: expected true or false, got {cfg[option]!r}")
     check_precision("precision", cfg.precision)
     name = repr(explainer) if given else explainer
+    from audiointerp.run import to_feature_units  # lazily: run.py registers a resolver when imported
+
+    built_feature = build(cfg.feature)
+    silence_level_db = cfg.mask.silence_level
+    to_feature_units(cfg, built_feature)
     built = explainer if given else build(cfg.explainer)
     if built.needs_evidence:
         raise AudioInterpError(f"explainer={name}: reads each clip's ground-truth evidence, which explain() and "
@@ -160,8 +166,9 @@ def _setup(explainer: str | Explainer, feature: str, overrides: Sequence[str]) -
         raise AudioInterpError(
             f"explainer={name}: learns from training clips first; prepare it and pass it: "
             f"e = audiointerp.get_explainer({name!r}); e.prepare(model, train_inputs, train_labels); explain(..., explainer=e)")
-    return _Setup(cfg=cfg, choices=choices, feature=build(cfg.feature), explainer=built, explainer_name=name,
-                  mask_names=mask_names, device=_device(cfg.device), overrides=overrides)
+    return _Setup(cfg=cfg, choices=choices, feature=built_feature, explainer=built, explainer_name=name,
+                  mask_names=mask_names, device=_device(cfg.device), overrides=overrides,
+                  silence_level_db=silence_level_db)
 
 
 def _device(name: str) -> torch.device:
@@ -414,7 +421,7 @@ def _summary_table(explained: _Explained) -> pd.DataFrame:
     setup = explained.setup
     identity = {"explainer": setup.explainer_name, "model": None, "feature": setup.choices.get("feature"), "data": None,
                 "noise": None, "mask_set": setup.choices.get("mask"),
-                "silence_level": setup.cfg.mask.silence_level, "seed": setup.cfg.seed}
+                "silence_level": setup.silence_level_db, "seed": setup.cfg.seed}
     rows = [{**identity, "mask": name, **row} for name, row in outputs.summarise(explained.results).items()]
     return pd.DataFrame(rows)
 

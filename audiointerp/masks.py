@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.features import AMIN
+from audiointerp.features import SILENCE_FLOOR_DB
 
-#: The silence floor in dB: what digital silence becomes in the features (10 log10 AMIN), and so
-#: the level masked-out bins are set to by default.
-SILENCE_DB: float = 10 * math.log10(AMIN)
+#: The silence floor in dB (its home is :mod:`audiointerp.features`): the level masked-out bins are
+#: set to by default, in a feature's own units once the run converts it (``level_from_db``).
+SILENCE_DB: float = SILENCE_FLOOR_DB
 
 MASK_NAMES: tuple[str, ...] = (
     "minmax",

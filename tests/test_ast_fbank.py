@@ -268,3 +268,25 @@ def test_gradients_through_the_inverse_are_finite(feature: AstFbank, spectrogram
     audio.square().sum().backward()
     assert values.grad is not None and torch.isfinite(values.grad).all()
     assert float(values.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("feature_name,expected", [("ast_fbank", None), ("mel", SILENCE_DB)])
+def test_the_run_sets_masked_bins_to_the_features_silence(feature_name: str, expected: float | None) -> None:
+    """mask.silence_level is configured in dB; the run converts it to the feature's units before the
+    explainers, masks and augmentations read it, so IG's baseline and occlusion's patches are the
+    feature's silence (-1.2776 for ast_fbank), and a dB feature keeps -100."""
+    from audiointerp.api import compose_config
+    from audiointerp.errors import build
+    from audiointerp.run import build_augment, to_feature_units
+
+    cfg, _ = compose_config([f"feature={feature_name}", "explainer=integrated_gradients"])
+    feature = build(cfg.feature)
+    to_feature_units(cfg, feature)
+    silence = feature.silence_level if expected is None else expected
+    assert cfg.mask.silence_level == pytest.approx(silence)
+    assert build(cfg.explainer).silence_level == pytest.approx(silence)
+    cfg_occlusion, _ = compose_config([f"feature={feature_name}", "explainer=occlusion"])
+    to_feature_units(cfg_occlusion, feature)
+    assert build(cfg_occlusion.explainer).silence_level == pytest.approx(silence)
+    dropout = [step for step in build_augment(cfg.train.get("augment")).steps if hasattr(step, "level")]
+    assert dropout and all(step.level == pytest.approx(silence) for step in dropout)
