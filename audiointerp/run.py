@@ -26,7 +26,7 @@ from audiointerp.data import SPLITS
 from audiointerp.data.base import check_runnable
 from audiointerp.errors import AudioInterpError, build, expect_int
 from audiointerp.augment import TrainingAugment
-from audiointerp.models import PRECISIONS, Classifier, build_model, check_precision
+from audiointerp.models import PRECISIONS, Classifier, build_model, check_precision, loads_pretrained
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
 log = logging.getLogger("audiointerp")
@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> Path:
             raise AudioInterpError(f"{option}: expected true or false, got {cfg[option]!r}")
     check_precision("train.precision", cfg.train.precision)
     check_precision("precision", cfg.precision)
-    if cfg.model.get("pretrained") not in (None, "panns"):
+    if cfg.model.get("pretrained") not in (None, "panns") and not loads_pretrained(cfg.model):  # AST: a hub id
         raise AudioInterpError(f"model.pretrained: expected null or panns, got {cfg.model.pretrained!r}")
     feature = build(cfg.feature)
     to_feature_units(cfg, feature)  # before anything reads ${mask.silence_level}
@@ -112,7 +112,8 @@ def run(cfg: DictConfig) -> Path:
     explainer = build(cfg.explainer)
     contaminate = build(cfg.noise)
     dataset = build(cfg.data)
-    check_runnable(dataset, cfg.model.get("checkpoint"), choices.get("data"))  # unlabelled data: a checkpoint only
+    if dataset.has_labels or not _includes_weights(cfg.model):  # its own weights and classes: no checkpoint needed
+        check_runnable(dataset, cfg.model.get("checkpoint"), choices.get("data"))  # unlabelled data: a checkpoint only
     if dataset.split_size(cfg.split) == 0:
         raise AudioInterpError(f"split={cfg.split}: data={choices.get('data')} has no clips in it; expected at least one "
                                "to explain")
@@ -148,6 +149,17 @@ def run(cfg: DictConfig) -> Path:
             return run_dir
         return _run(Run(cfg, config, run_dir, choices, started, shard, fingerprint, device, feature, dataset,
                         contaminate, mask_names, explainer, model, augment), occupancy.alone)
+
+
+def _includes_weights(model_cfg: DictConfig) -> bool:
+    """Whether the configured classifier's class comes with its weights and its classes (a TorchScript
+    file, ``model=birdnet``), so that clips without labels need neither a checkpoint nor data.class_names."""
+    from hydra.utils import get_object
+
+    try:
+        return getattr(get_object(str(model_cfg.get("_target_"))), "weights_included", False) is True
+    except Exception:  # noqa: BLE001 - build_model says in one line what is wrong with the target
+        return False
 
 
 def to_feature_units(cfg: DictConfig, feature) -> None:
@@ -190,7 +202,8 @@ def _run(context: Run, alone: bool) -> Path:
     model.set_precision(PRECISIONS[cfg.train.precision])  # training is fp32 unless asked
     checkpoint = cfg.model.get("checkpoint")
     if model.weights_included and not checkpoint:  # a TorchScript file: its own weights, never trained here
-        source = train.ModelSource("file", Path(to_absolute_path(str(cfg.model.path))), {})
+        path = cfg.model.get("path") or getattr(model.network, "model_file", None)  # null: the file the package ships
+        source = train.ModelSource("file", Path(to_absolute_path(str(path))), {})
     else:
         source = train.obtain_model(
             model, checkpoint=checkpoint and to_absolute_path(checkpoint),
@@ -261,8 +274,10 @@ def _write_results(context: Run, clips, results, source, resumed) -> None:
                 "silence_level": context.config["mask"]["silence_level"],  # in dB, as configured
                 "seed": cfg.seed}
     summary = outputs.write_summary(run_dir, per_mask, identity)
+    # the data's classes, or a pretrained classifier's own where the clips have none (model=birdnet's species)
+    class_names = list(clips.class_names) or list(getattr(model.network, "class_names", None) or [])
     warning = metrics.collapse_warning([m["predicted_masked"] for m in results.metrics.values()],
-                                       [m["predicted_unmasked"] for m in results.metrics.values()], clips.class_names)
+                                       [m["predicted_unmasked"] for m in results.metrics.values()], class_names)
     outputs.write_attributions(run_dir, clips, results)
     seconds = round(time.perf_counter() - started, 2)
     # How this process got its results; not part of them (run.json is the same however the model
@@ -274,7 +289,7 @@ def _write_results(context: Run, clips, results, source, resumed) -> None:
     outputs.write_json(run_dir / "provenance.json", provenance)
     report = {
         "run": identity, "run_sha256": fingerprint, "code_version": resume.code_version(),
-        "split": cfg.split, "n_clips": len(clips), "class_names": list(clips.class_names), "clean_accuracy": clean_accuracy,
+        "split": cfg.split, "n_clips": len(clips), "class_names": class_names, "clean_accuracy": clean_accuracy,
         "explained_accuracy": explained_accuracy, "device": str(device), "precision": cfg.precision,
         "masks": {name: {k: row[k] for k in ("kept", "degenerate", "collapse_masked", "collapse_unmasked")}
                   for name, row in per_mask.items()},

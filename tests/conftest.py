@@ -17,6 +17,18 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run wherever torch sees a GPU and are skipped, saying so, elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 def _shared_data_root() -> Path:
     return Path(os.environ.get("AUDIOINTERP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
 

@@ -258,7 +258,7 @@ def test_select_and_expand_invert_many_masks_of_one_clip(clips_32k: torch.Tensor
     assert isinstance(one_clip, Spectrogram)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu(clips_32k: torch.Tensor) -> None:
     feature = LogMel()
     cpu = feature(clips_32k[:2])

@@ -1,5 +1,6 @@
 """Classifiers: the contract every model meets (``base``), Cnn14 (PANNs, the paper's; ``width``
-scales it down for CPU runs), a user's ``nn.Module``, a TorchScript file, and classifiers of audio."""
+scales it down for CPU runs), the Audio Spectrogram Transformer (``ast``, transformers needed only
+when it is built), a user's ``nn.Module``, a TorchScript file, and classifiers of audio."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from audiointerp.errors import AudioInterpError, build
+from audiointerp.models.ast import AST
 from audiointerp.models.base import INPUT_KINDS, Classifier, ModuleClassifier
 from audiointerp.models.cnn14 import Cnn14
 from audiointerp.models.torchscript import TorchScriptClassifier
@@ -54,13 +56,20 @@ def _accepted(target: str, names: tuple[str, ...]) -> set[str]:
     return {name for name in names if name in parameters}
 
 
+def loads_pretrained(model_cfg: DictConfig) -> bool:
+    """Whether ``model._target_`` loads ``model.pretrained`` itself (its constructor takes it: AST's
+    hub id or folder) rather than the runner (Cnn14's ``panns``)."""
+    return bool(_accepted(str(model_cfg.get("_target_")), ("pretrained",)))
+
+
 def build_model(model_cfg: DictConfig, *, feature, n_classes: int | None) -> Classifier:
     """The configured classifier for the run's ``feature`` and ``n_classes`` classes.
 
     ``model._target_`` is Cnn14, :class:`~audiointerp.models.torchscript.TorchScriptClassifier`, or
     any ``nn.Module`` class of the user's (``model=module``), built with the config's other keys as
-    constructor arguments, plus ``n_bins`` (the feature's F) and ``n_classes`` where its constructor
-    takes them and the config does not set them. ``model.input=waveform`` wraps it in
+    constructor arguments, plus ``n_bins`` (the feature's F), ``n_classes``, ``feature`` (the feature
+    module) and ``pretrained`` (``model.pretrained``) where its constructor takes them and the config
+    does not set them. ``model.input=waveform`` wraps it in
     :class:`~audiointerp.models.waveform.WaveformClassifier`.
     """
     settings = {k: v for k, v in model_cfg.items() if k not in WEIGHT_SOURCE_KEYS + ADAPTER_KEYS}
@@ -70,7 +79,10 @@ def build_model(model_cfg: DictConfig, *, feature, n_classes: int | None) -> Cla
     input_kind = model_cfg.get("input", "spectrogram")
     if input_kind not in INPUT_KINDS:
         raise AudioInterpError(f"model.input: expected one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
-    given = {"n_bins": feature.n_bins, "n_classes": n_classes}
+    # the feature itself to a network that reads its shape (AST: its frames per clip), and where weights
+    # come from to one that loads them itself (AST: model.pretrained)
+    given = {"n_bins": feature.n_bins, "n_classes": n_classes, "feature": feature,
+             "pretrained": model_cfg.get("pretrained")}
     extra = {k: given[k] for k in _accepted(target, tuple(given)) if k not in settings and given[k] is not None}
     if input_kind == "waveform":
         extra.pop("n_bins", None)  # a network of audio has no frequency bins
@@ -142,7 +154,7 @@ def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
     1/16); but a forward and backward of 8 clips takes 7.5-8.6 s against 6.6 s at full width, so
     gradient explainers keep the default layout. Converting the weights costs a copy of them.
     """
-    if not enabled:
+    if not enabled or not getattr(model, "channels_last_useful", True):  # a transformer: nothing to gain
         yield model
         return
     # Weights converted inside an inference_mode block would become inference tensors, which no
@@ -163,5 +175,6 @@ def check_precision(option: str, value) -> torch.dtype | None:
     return PRECISIONS[value]
 
 
-__all__ = ["INPUT_KINDS", "PRECISIONS", "Classifier", "Cnn14", "ModuleClassifier", "TorchScriptClassifier",
-           "WaveformClassifier", "as_classifier", "build_model", "channels_last", "check_precision", "load_model_file"]
+__all__ = ["AST", "INPUT_KINDS", "PRECISIONS", "Classifier", "Cnn14", "ModuleClassifier", "TorchScriptClassifier",
+           "WaveformClassifier", "as_classifier", "build_model", "channels_last", "check_precision", "load_model_file",
+           "loads_pretrained"]
