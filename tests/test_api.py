@@ -266,7 +266,7 @@ def test_building_blocks_compose_by_hand(sample_wavs):
     (lambda w, m: audiointerp.explain(w, "no/such/model.pt"), r"^model: no such file no/such/model\.pt"),
     (lambda w, m: audiointerp.explain(w, 3.0), r"^model: expected an nn.Module"),
     (lambda w, m: audiointerp.explain(w, m, explainer="gradcamm"), r"^explainer: expected one of .*gradcam"),
-    (lambda w, m: audiointerp.explain(w, m, feature="cqt"), r"^feature: expected one of mel, stft"),
+    (lambda w, m: audiointerp.explain(w, m, feature="cqt"), r"^feature: expected one of ast_fbank, mel, stft, got .cqt.$"),
     (lambda w, m: audiointerp.explain(w, m, overrides=["mask=every"]), r"^overrides: .*mask/every.*expected mask= one of all"),
     (lambda w, m: audiointerp.explain(w, m, overrides=["explainer.stepz=3"]), r"^overrides: .*stepz"),
     (lambda w, m: audiointerp.explain(w, m, target="dog"), r"^target: expected a class index"),
