@@ -30,9 +30,18 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """A bar for a log: a new postfix (a loss, a score) waits for the next timed refresh instead of
+    writing a line of its own at once."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def progress(iterable=None, **kwargs):
     """``tqdm(iterable, **kwargs)``, as lines when stderr is not a terminal (see the module)."""
     stream = sys.stderr
     if not stream.isatty() and "ipykernel" not in sys.modules:
         kwargs = {"mininterval": LOG_INTERVAL_S, "ascii": True, **kwargs, "file": _Lines(stream)}
+        return _LogBar(iterable, **kwargs)
     return tqdm(iterable, **kwargs)
