@@ -24,6 +24,7 @@ from audiointerp import masks, metrics, outputs, pipeline, resume, sanity, train
 from audiointerp.atomic import file_lock
 from audiointerp.data import SPLITS
 from audiointerp.data.base import check_runnable
+from audiointerp.devices import resolve_device
 from audiointerp.errors import AudioInterpError, build, expect_int
 from audiointerp.augment import TrainingAugment
 from audiointerp.models import PRECISIONS, Classifier, build_model, check_precision, loads_pretrained
@@ -40,22 +41,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AudioInterpError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise AudioInterpError(f"device={name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise AudioInterpError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "cuda":
-        resume.use_deterministic_cuda_kernels()
-    return device
 
 
 @dataclass

@@ -70,6 +70,8 @@ class Lime(Explainer):
             ``channels_last`` does for scoring (the config passes that option on).
     """
 
+    needs_gradients = False  # forward passes only: explains a black box too
+
     def __init__(self, num_samples: int = 1000, batch_size: int = 10, random_state: int | None = 0,
                  channels_last: bool = True):
         if num_samples < 2:
