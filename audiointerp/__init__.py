@@ -13,5 +13,5 @@ from audiointerp.masks import MASK_NAMES, apply_mask, make_masks  # noqa: E402
 from audiointerp.metrics import METRIC_NAMES, score  # noqa: E402
 from audiointerp.models import Classifier, as_classifier  # noqa: E402
 
-__all__ = ["Classifier", "Explanation", "LogMel", "LogStft", "MASK_NAMES", "METRIC_NAMES", "apply_mask", "as_classifier", "evaluate", "explain",
-           "get_explainer", "make_masks", "score", "__version__"]
+__all__ = ["Classifier", "Explanation", "LogMel", "LogStft", "MASK_NAMES", "METRIC_NAMES", "apply_mask", "as_classifier",
+           "evaluate", "explain", "get_explainer", "make_masks", "score", "__version__"]

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,8 +41,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 #: Columns of :attr:`Explanation.metrics`: the seven metrics, then the mask statistics.
 EXPLANATION_COLUMNS: tuple[str, ...] = (*METRIC_NAMES, *MASK_STATISTIC_NAMES)
 
-AudioInput = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Tensor]
-ModelInput = Union[nn.Module, str, os.PathLike]
+AudioInput = str | os.PathLike | Sequence[str | os.PathLike] | Tensor
+ModelInput = nn.Module | str | os.PathLike
 
 
 # --- configuration --------------------------------------------------------------------------------

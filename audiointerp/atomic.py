@@ -11,8 +11,9 @@ import fcntl
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 #: What flock raises where the file system has no locks: NFS without its lock service (ENOLCK),
 #: Lustre mounted without -o flock (ENOSYS), others (EOPNOTSUPP).

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from audiointerp.progress import progress
 
 from audiointerp import curves, models
 from audiointerp.data import ClipSet
@@ -24,6 +23,7 @@ from audiointerp.features import Spectrogram
 from audiointerp.localization import attribution_scores, evidence_mask, mask_scores
 from audiointerp.masks import BINARY_MASK_NAMES, apply_mask, make_masks
 from audiointerp.metrics import FAITHFULNESS_NAMES, faithfulness, mask_statistics, score
+from audiointerp.progress import progress
 from audiointerp.resume import BatchResults, BatchStore
 
 #: Spectrograms inverted at once on the CPU for the audio-domain metrics: the mel inverse's

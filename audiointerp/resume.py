@@ -266,7 +266,7 @@ class Occupancy:
         #: (temporaries, partial results of another configuration) may be removed.
         self.alone = False
 
-    def __enter__(self) -> "Occupancy":
+    def __enter__(self) -> Occupancy:
         lock_path = self.run_dir / OCCUPIED_LOCK
         exclusive = file_lock(lock_path, blocking=False)
         self.alone = exclusive.__enter__()

@@ -22,11 +22,11 @@ from omegaconf.errors import MissingMandatoryValue
 
 from audiointerp import masks, metrics, outputs, pipeline, resume, sanity, train
 from audiointerp.atomic import file_lock
+from audiointerp.augment import TrainingAugment
 from audiointerp.data import SPLITS
 from audiointerp.data.base import check_runnable
 from audiointerp.devices import resolve_device
 from audiointerp.errors import AudioInterpError, build, expect_int
-from audiointerp.augment import TrainingAugment
 from audiointerp.models import PRECISIONS, Classifier, build_model, check_precision, loads_pretrained
 from audiointerp.models.panns import fetch_panns_checkpoint, load_panns_weights
 
@@ -112,8 +112,8 @@ def run(cfg: DictConfig) -> Path:
     checkpoint = cfg.model.get("checkpoint")
     if model.input_kind == "waveform":
         if not (checkpoint or model.weights_included):
-            raise AudioInterpError(f"model.input=waveform: the runner trains spectrogram classifiers only; give the "
-                                   f"trained network as model.checkpoint=PATH or model=torchscript")
+            raise AudioInterpError("model.input=waveform: the runner trains spectrogram classifiers only; give the "
+                                   "trained network as model.checkpoint=PATH or model=torchscript")
         if cfg.sanity:
             raise AudioInterpError("sanity: the sanity checks explain several clips per call, which a waveform "
                                    "classifier cannot (each clip needs its own phase); set sanity=false")
@@ -254,7 +254,8 @@ def _write_results(context: Run, clips, results, source, resumed) -> None:
     outputs.write_localization(run_dir, clips, results)
     outputs.write_clip_scores(run_dir, clips, results)
     per_mask = outputs.summarise(results)
-    identity = {"explainer": choices.get("explainer"), "model": choices.get("model"), "feature": choices.get("feature"), "data": choices.get("data"),
+    identity = {"explainer": choices.get("explainer"), "model": choices.get("model"), "feature": choices.get("feature"),
+                "data": choices.get("data"),
                 "noise": choices.get("noise"), "mask_set": choices.get("mask"),
                 "silence_level": context.config["mask"]["silence_level"],  # in dB, as configured
                 "seed": cfg.seed}

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from audiointerp.progress import progress
 
 from audiointerp.data import ClipSet
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers import Explainer
 from audiointerp.localization import evidence_mask
+from audiointerp.progress import progress
 
 #: Above this mean Spearman correlation of |A| with the original, an attribution is reported as not
 #: depending on the model (every layer randomised) or on the class explained (random logit).

@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
-from audiointerp.progress import progress
 
 from audiointerp import hashing, resume
 from audiointerp.atomic import atomic_path, file_lock, save_torch
 from audiointerp.errors import AudioInterpError
+from audiointerp.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,8 @@ def summarise(run: Path, masks: list[str]) -> None:
     for category, tops in by_category.items():
         print(f"  {category}: " + "; ".join(tops))
     summary = pd.read_csv(run / "summary.csv").set_index("mask")
-    print("  mean over clips, per mask: FF (drop of p when the mask's region is removed), AD (drop when only it is kept, %), AI, Fid-In (top species kept from it alone), kept share")
+    print("  mean over clips, per mask: FF (drop of p when the mask's region is removed), AD (drop when only it is kept, %), "
+          "AI, Fid-In (top species kept from it alone), kept share")
     for mask in masks:
         if mask in summary.index:
             row = summary.loc[mask]

@@ -142,8 +142,9 @@ def test_deepshap_on_a_torchscript_file_is_one_line_naming_what_to_use(setup, to
 @pytest.fixture(scope="module")
 def waveform_file(setup):
     """``user_models.WaveCnn`` trained briefly on the folder's training clips (raw 16 kHz audio), scripted."""
-    from audiointerp.data.folder import AudioFolder
     from user_models import WaveCnn
+
+    from audiointerp.data.folder import AudioFolder
 
     root, common = setup
     clips_root = next(o.split("=", 1)[1] for o in common if o.startswith("data.root="))

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from user_models import SmallCnn, WaveCnn
 
 from audiointerp import pipeline
 from audiointerp.data.audio import load_audio
@@ -17,10 +18,8 @@ from audiointerp.explainers.lmac import Lmac
 from audiointerp.explainers.saliency import Saliency
 from audiointerp.explainers.shap import DeepShap
 from audiointerp.features import LogMel, LogStft
-from audiointerp.models import (Cnn14, ModuleClassifier, TorchScriptClassifier, WaveformClassifier, as_classifier,
-                                load_model_file)
+from audiointerp.models import Cnn14, ModuleClassifier, TorchScriptClassifier, WaveformClassifier, as_classifier, load_model_file
 from audiointerp.sanity import randomise, restored
-from user_models import SmallCnn, WaveCnn
 
 CPU = torch.device("cpu")
 
@@ -163,7 +162,8 @@ def test_a_waveform_classifier_hears_exactly_the_inverted_audio(wave_net, clips)
         as_classifier(wave_net, feature=LogStft(), input_kind="waveform", sample_rate=32000)
 
 
-@pytest.mark.parametrize("feature", [LogStft(), LogMel(sample_rate=16000, n_fft=512, win_length=512, hop_length=160, f_max=8000.0)], ids=["stft", "mel"])
+@pytest.mark.parametrize("feature", [LogStft(), LogMel(sample_rate=16000, n_fft=512, win_length=512, hop_length=160, f_max=8000.0)],
+                         ids=["stft", "mel"])
 def test_gradients_through_the_inverse_are_finite_and_reach_the_bins(wave_net, clips, feature):
     model = as_classifier(wave_net, feature=feature, input_kind="waveform")
     spectrogram = feature(clips[:1])

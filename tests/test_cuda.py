@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from audiointerp import models, pipeline, resume
-from audiointerp.data.audio import load_audio
 from audiointerp.data import ClipSet
+from audiointerp.data.audio import load_audio
 from audiointerp.explainers.captum_methods import IntegratedGradients
 from audiointerp.explainers.lime import Lime
 from audiointerp.explainers.saliency import Saliency

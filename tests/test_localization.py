@@ -45,7 +45,12 @@ import math  # noqa: E402
 import pytest  # noqa: E402
 
 from audiointerp.localization import (  # noqa: E402
-    attribution_scores, auroc, mask_scores, pointing_game, relevance_mass, relevance_rank,
+    attribution_scores,
+    auroc,
+    mask_scores,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
 )
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from audiointerp import train
-from audiointerp.errors import AudioInterpError
 from audiointerp.augment import SpecAugment, TrainingAugment
+from audiointerp.errors import AudioInterpError
 from audiointerp.models import Cnn14
 
 

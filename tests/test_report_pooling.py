@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from audiointerp.report.tables import (TABLE_METRICS, bootstrap_interval, hierarchical_interval, kendalls_w,
-                                       winner_agreement)
+from audiointerp.report.tables import TABLE_METRICS, bootstrap_interval, hierarchical_interval, kendalls_w, winner_agreement
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_CLIPS = 20

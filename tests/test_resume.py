@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from audiointerp.errors import AudioInterpError
-from audiointerp.resume import (OCCUPIED_LOCK, BatchResults, DiskStore, Occupancy, job_folder_name, run_sha256,
-                                shard_batches)
+from audiointerp.resume import OCCUPIED_LOCK, BatchResults, DiskStore, Occupancy, job_folder_name, run_sha256, shard_batches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Not results: Hydra's own record of the launch (it names the folder), the log (timestamps) and

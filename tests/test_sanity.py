@@ -11,10 +11,10 @@ from torch import Tensor
 from audiointerp import sanity, train
 from audiointerp.explainers.gradcam import GradCam
 from audiointerp.explainers.oracle import Oracle
-from audiointerp.localization import evidence_mask
 from audiointerp.explainers.random import RandomAttribution
 from audiointerp.explainers.saliency import Saliency
 from audiointerp.explainers.shap import ADDITIVITY_TOLERANCE, DeepShap
+from audiointerp.localization import evidence_mask
 from audiointerp.sanity import rank_correlation, structural_similarity
 
 CPU = torch.device("cpu")

@@ -64,7 +64,7 @@ class ClipSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, index: slice | list[int] | Tensor) -> "ClipSet":
+    def subset(self, index: slice | list[int] | Tensor) -> ClipSet:
         """The clips at ``index`` (a slice or a list/tensor of positions), as a new ClipSet."""
         if isinstance(index, slice):
             positions = list(range(len(self)))[index]

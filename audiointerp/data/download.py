@@ -19,9 +19,8 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from audiointerp.progress import progress
-
 from audiointerp.errors import AudioInterpError
+from audiointerp.progress import progress
 
 log = logging.getLogger(__name__)
 

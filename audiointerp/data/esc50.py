@@ -21,7 +21,6 @@ from pathlib import Path
 import soundfile
 import torch
 from hydra.utils import to_absolute_path
-from audiointerp.progress import progress
 
 from audiointerp.atomic import atomic_path
 from audiointerp.data import SPLITS, ClipSet, audio, check_clips_per_class
@@ -30,6 +29,7 @@ from audiointerp.data.base import Dataset, FileIdentity, balanced_selection, che
 from audiointerp.data.download import fetch, safe_extract_zip
 from audiointerp.errors import AudioInterpError
 from audiointerp.hashing import file_sha256
+from audiointerp.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,13 @@ from pathlib import Path, PurePosixPath
 import soundfile
 import torch
 from hydra.utils import to_absolute_path
-from audiointerp.progress import progress
 
 from audiointerp.data import SPLITS, ClipSet, audio, check_clips_per_class
 from audiointerp.data.audio import load_audio
 from audiointerp.data.base import UNKNOWN_LABEL, Dataset, FileIdentity, balanced_selection, check_split
 from audiointerp.errors import AudioInterpError
 from audiointerp.hashing import file_sha256
+from audiointerp.progress import progress
 
 log = logging.getLogger(__name__)
 

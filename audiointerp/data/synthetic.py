@@ -24,7 +24,6 @@ from audiointerp.data.base import Dataset, check_split
 from audiointerp.errors import AudioInterpError
 from audiointerp.hashing import file_sha256
 
-
 PEAK_LEVEL = 0.9
 # Tonal events have no bandwidth of their own; the evidence box is widened by this much on each
 # side so it covers the STFT main lobe (Hann: ±2 bins, ±62.5 Hz at 32 kHz / 1024 and at 16 kHz /

@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import to_absolute_path
 from torch import Tensor, nn
-from audiointerp.progress import progress
 
 from audiointerp import hashing, train
 from audiointerp.atomic import save_torch
@@ -50,6 +49,7 @@ from audiointerp.errors import AudioInterpError, expect_int
 from audiointerp.explainers.base import Explainer, model_device
 from audiointerp.masks import SILENCE_DB, apply_mask, make_masks
 from audiointerp.metrics import score
+from audiointerp.progress import progress
 
 log = logging.getLogger(__name__)
 

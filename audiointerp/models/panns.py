@@ -128,8 +128,9 @@ def _read_panns_state(path: Path) -> dict[str, Tensor]:
                                f"({_load_failure_reason(error)[:200]})") from None
     state = payload.get("model") if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state:
+        keys = f" with keys {[str(k) for k in payload][:5]}" if isinstance(payload, dict) else ""
         raise AudioInterpError(f"PANNs checkpoint {path}: expected a dict with a 'model' state dict, "
-                               f"got {type(payload).__name__}" + (f" with keys {[str(k) for k in payload][:5]}" if isinstance(payload, dict) else ""))
+                               f"got {type(payload).__name__}{keys}")
     bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)), None)
     if bad is not None:
         raise AudioInterpError(f"PANNs checkpoint {path}: entry {bad!r} of 'model' is not a tensor")

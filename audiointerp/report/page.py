@@ -137,7 +137,8 @@ def gallery(runs: list[Run], results: pd.DataFrame, out: Path, masks: tuple[str,
             label = predicted = None
             if len(clip_rows):
                 label, predicted = int(clip_rows["label"].iloc[0]), int(clip_rows["predicted"].iloc[0])
-            name = (lambda i: class_names[i] if i is not None and 0 <= i < len(class_names) else i)  # -1: no label
+            def name(i):
+                return (class_names[i] if i is not None and 0 <= i < len(class_names) else i)  # -1: no label
             entry = {"run": run.name, "settings": run.settings, "clip_id": clip.name, "label": name(label),
                      "predicted": name(predicted), "original": None, "masks": []}
             if (clip / "original.wav").is_file():

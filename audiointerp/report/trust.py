@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from audiointerp.masks import MASK_NAMES
-from audiointerp.report.tables import (CONFIDENCE, LOWER_IS_BETTER, Table, _file_name, _label, _order, grouped,
-                                       with_conditions)
+from audiointerp.report.tables import CONFIDENCE, LOWER_IS_BETTER, Table, _file_name, _label, _order, grouped, with_conditions
 
 #: Faithfulness metrics scored per mask, in the table's order.
 MASK_TRUST_METRICS: tuple[str, ...] = ("FF", "AI", "AD", "AG", "FidIn")
