@@ -96,18 +96,25 @@ def compose_config(overrides: Sequence[str] = ()) -> tuple[DictConfig, dict[str,
     return cfg, choices
 
 
-def get_explainer(name: str, **options: Any) -> Explainer:
+def get_explainer(name: str, feature: str = "mel", **options: Any) -> Explainer:
     """The explainer ``conf/explainer/<name>.yaml`` configures, with ``options`` changed; no Hydra run.
 
     Interpolations such as ``${seed}`` or ``${mask.silence_level}`` take the default config's values
-    (0, -100 dB); pass them as options to change them, e.g. ``get_explainer("lime", num_samples=200)``.
+    (0, -100 dB, converted to ``feature``'s units: pass the feature the explainer will see, e.g.
+    ``feature="ast_fbank"``, so that a baseline or an occluded patch is that feature's silence); pass
+    them as options to change them, e.g. ``get_explainer("lime", num_samples=200)``.
 
     Raises:
         AudioInterpError: an unknown name, or an option the explainer's config does not have.
     """
     if not isinstance(name, str) or name not in _choices("explainer"):
         raise AudioInterpError(f"explainer: expected one of {', '.join(_choices('explainer'))}, got {name!r}")
-    cfg, _ = compose_config([f"explainer={name}"])
+    if not isinstance(feature, str) or feature not in _choices("feature"):
+        raise AudioInterpError(f"feature: expected one of {', '.join(_choices('feature'))}, got {feature!r}")
+    cfg, _ = compose_config([f"explainer={name}", f"feature={feature}"])
+    from audiointerp.run import to_feature_units  # lazily: run.py registers a resolver when imported
+
+    to_feature_units(cfg, build(cfg.feature))
     unknown = [key for key in options if key not in cfg.explainer or key == "_target_"]
     if unknown:
         known = [k for k in cfg.explainer if k != "_target_"]

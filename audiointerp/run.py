@@ -97,8 +97,14 @@ def run(cfg: DictConfig) -> Path:
     explainer = build(cfg.explainer)
     contaminate = build(cfg.noise)
     dataset = build(cfg.data)
-    if dataset.has_labels or not _includes_weights(cfg.model):  # its own weights and classes: no checkpoint needed
-        check_runnable(dataset, cfg.model.get("checkpoint"), choices.get("data"))  # unlabelled data: a checkpoint only
+    names_its_classes = _model_class_says(cfg.model, "classes_included")
+    if names_its_classes and dataset.has_labels:
+        raise AudioInterpError(f"model={choices.get('model')} names its own classes, which data={choices.get('data')}'s "
+                               "labels are not; give it clips without labels (data=folder data.csv=FILE with a path "
+                               "column only), each explained for its top class")
+    if not names_its_classes:  # its own weights and classes: no checkpoint and no data.class_names needed
+        trained = cfg.model.get("checkpoint") or _model_class_says(cfg.model, "weights_included")  # a TorchScript file
+        check_runnable(dataset, trained, choices.get("data"))  # unlabelled data: a trained classifier only
     if dataset.split_size(cfg.split) == 0:
         raise AudioInterpError(f"split={cfg.split}: data={choices.get('data')} has no clips in it; expected at least one "
                                "to explain")
@@ -136,13 +142,15 @@ def run(cfg: DictConfig) -> Path:
                         contaminate, mask_names, explainer, model, augment), occupancy.alone)
 
 
-def _includes_weights(model_cfg: DictConfig) -> bool:
-    """Whether the configured classifier's class comes with its weights and its classes (a TorchScript
-    file, ``model=birdnet``), so that clips without labels need neither a checkpoint nor data.class_names."""
+def _model_class_says(model_cfg: DictConfig, attribute: str) -> bool:
+    """Whether the configured classifier's class sets ``attribute`` to True, read before it is built:
+    ``weights_included`` (a TorchScript file, BirdNET: trained elsewhere, so clips without labels can
+    be explained) or ``classes_included`` (BirdNET's species: no data.class_names needed, and
+    labelled clips, of other classes, are no data for it; a TorchScript file names no classes)."""
     from hydra.utils import get_object
 
     try:
-        return getattr(get_object(str(model_cfg.get("_target_"))), "weights_included", False) is True
+        return getattr(get_object(str(model_cfg.get("_target_"))), attribute, False) is True
     except Exception:  # noqa: BLE001 - build_model says in one line what is wrong with the target
         return False
 

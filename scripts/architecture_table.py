@@ -8,9 +8,9 @@ depends on the weights, as it should). Brackets hold the 95 % hierarchical boots
 (seeds, then clips within a seed; the report's). Below the table: per metric, each model's best
 explainer and the Spearman correlation of the two models' rankings of the explainers.
 
-    python -m audiointerp.run -m model=cnn14,ast feature=ast_fbank seed=0,1 explainer=... sanity=true \\
+    python -m audiointerp.run -m experiment=architectures model=cnn14,ast seed=0,1 explainer=... \\
         hydra.sweep.dir=SWEEP
-    python scripts/architecture_table.py SWEEP --out docs/results/architecture.md
+    python scripts/architecture_table.py SWEEP --out docs/results/architectures.md
 """
 
 from __future__ import annotations
@@ -66,7 +66,17 @@ def collect(sweeps: list[Path], mask: str) -> pd.DataFrame:
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, explainer): the seeds, the models' accuracies and each score's (mean, low, high)."""
+    """Per (model, explainer): the seeds, the models' accuracies and each score's (mean, low, high).
+
+    Raises:
+        SystemExit: runs that differ in anything but the model, the explainer and the seed (the
+            feature, data, noise or another setting), which one table would pool.
+    """
+    for column in ("feature", "data", "noise", "setting"):
+        values = table[column].fillna("").astype(str).unique() if column in table else []
+        if len(values) > 1:
+            raise SystemExit(f"architecture_table: the runs differ in {column} ({', '.join(sorted(values))}); "
+                             "give the runs of one condition only")
     rows = []
     for (model, explainer), group in table.groupby(["model", "explainer"], sort=True):
         row = {"model": model, "explainer": explainer, "seeds": sorted(group["seed"].unique()),

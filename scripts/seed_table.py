@@ -40,7 +40,10 @@ def rows(sweeps: list[Path], mask: str, seeds: set[int] | None = None) -> list[d
                       **{c: float(summary[mask][c]) for c in COLUMNS},
                       **{c: (report.get("localization") or {}).get(c, float("nan")) for c in LOCALISATION},
                       **{c: (report.get("clip_scores") or {}).get(c, float("nan")) for c in CURVES}})
-    return sorted(found, key=lambda r: (r["seed"], -r["relevance_mass"]))
+    # by relevance mass, highest first; runs without ground truth (NaN) after, by name
+    return sorted(found, key=lambda r: (r["seed"], r["relevance_mass"] != r["relevance_mass"],
+                                        -r["relevance_mass"] if r["relevance_mass"] == r["relevance_mass"] else 0,
+                                        r["explainer"]))
 
 
 def _cell(value: float, digits: int) -> str:
@@ -51,7 +54,8 @@ def markdown(table: list[dict], mask: str) -> str:
     header = ["seed", "test accuracy", "explainer", *(f"{c} ({mask})" for c in COLUMNS), *LOCALISATION, *CURVES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
-        cells = [str(row["seed"]), f"{row['accuracy']:.2%}", f"`{row['explainer']}`",
+        accuracy = "—" if row["accuracy"] is None else f"{row['accuracy']:.2%}"  # unlabelled clips
+        cells = [str(row["seed"]), accuracy, f"`{row['explainer']}`",
                  *(_cell(row[c], 1 if c == "AD" else 3) for c in COLUMNS),
                  *(_cell(row[c], 3) for c in (*LOCALISATION, *CURVES))]
         lines.append("| " + " | ".join(cells) + " |")

@@ -272,10 +272,27 @@ def test_gradients_through_the_inverse_are_finite(feature: AstFbank, spectrogram
 
 
 @pytest.mark.parametrize("feature_name,expected", [("ast_fbank", None), ("mel", SILENCE_DB)])
-def test_the_run_sets_masked_bins_to_the_features_silence(feature_name: str, expected: float | None) -> None:
-    """mask.silence_level is configured in dB; the run converts it to the feature's units before the
-    explainers, masks and augmentations read it, so IG's baseline and occlusion's patches are the
-    feature's silence (-1.2776 for ast_fbank), and a dB feature keeps -100."""
+def test_the_api_sets_masked_bins_to_the_features_silence(feature_name: str, expected: float | None) -> None:
+    """What explain()/evaluate() and get_explainer() build: the explainer's silence (IG's baseline,
+    occlusion's patches) and the masks' level in the feature's units, the recorded level in dB."""
+    import audiointerp
+    from audiointerp.api import _setup
+
+    setup = _setup("integrated_gradients", feature_name, [])
+    silence = setup.feature.silence_level if expected is None else expected
+    assert setup.explainer.silence_level == pytest.approx(silence)
+    assert setup.cfg.mask.silence_level == pytest.approx(silence)
+    assert setup.silence_level_db == SILENCE_DB
+    occlusion = audiointerp.get_explainer("occlusion", feature=feature_name)
+    assert occlusion.silence_level == pytest.approx(silence)
+
+
+@pytest.mark.parametrize("feature_name,expected", [("ast_fbank", None), ("mel", SILENCE_DB)])
+def test_to_feature_units_before_the_explainer_and_augment_are_built(feature_name: str, expected: float | None) -> None:
+    """mask.silence_level is configured in dB; the run converts it (run.to_feature_units, called by
+    run() before it builds the explainer and the training augmentations) to the feature's units, so
+    IG's baseline and occlusion's patches are the feature's silence (-1.2776 for ast_fbank), and a dB
+    feature keeps -100."""
     from audiointerp.api import compose_config
     from audiointerp.errors import build
     from audiointerp.run import build_augment, to_feature_units

@@ -163,3 +163,16 @@ def test_a_run_explains_unlabelled_clips_for_birdnets_species_with_no_accuracy(e
     assert (example / "topK_30_masked.wav").is_file() and (example / "topK_30_unmasked.wav").is_file()
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["model_path"].endswith("BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite")
+
+
+def test_labelled_clips_are_refused_in_one_line_before_any_work(tmp_path):
+    """BirdNET's classes are its species: the synthetic testbed's labels are not among them, so an
+    accuracy would compare two different class lists; the run refuses before building anything."""
+    result = subprocess.run(
+        [sys.executable, "-m", "audiointerp.run", "model=birdnet", "explainer=occlusion",
+         f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: model=birdnet names its own classes, which data=synthetic's labels are not"), \
+        result.stderr[-2000:]
+    assert not (tmp_path / "run" / "metrics").exists()

@@ -9,6 +9,8 @@ from audiointerp import progress as p
 p.LOG_INTERVAL_S = 0.05
 for _ in p.progress(range(6), desc="clips"):
     time.sleep(0.03)
+for _ in p.progress(range(3), desc="inner", leave=False):
+    time.sleep(0.03)
 p.LOG_INTERVAL_S = 60
 with p.progress(range(20), desc="epoch", leave=True) as bar:
     for _ in bar:
@@ -25,6 +27,6 @@ def test_redirected_bars_are_lines():
     clip_lines = [line for line in lines if line.startswith("clips")]
     assert len(clip_lines) >= 2, lines  # refreshes while running, not one final redraw
     assert "6/6" in clip_lines[-1]
-    assert all(line.strip() for line in lines)
+    assert all(line.strip() for line in lines)  # the leave=False bar's clearing is no blank line
     epoch_lines = [line for line in lines if line.startswith("epoch")]
     assert len(epoch_lines) <= 2 and "20/20" in epoch_lines[-1], epoch_lines

@@ -105,6 +105,8 @@ class BirdNet(Classifier):
     """
 
     weights_included = True
+    #: Its classes are its own species (``class_names``): the runner takes them instead of the data's.
+    classes_included = True
     #: No gradients: explainers that need them refuse it (``Explainer.check``).
     differentiable = False
 
