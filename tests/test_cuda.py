@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_cnn14 import tiny_cnn14_on_real_clips
 
 from audiointerp import models, pipeline, resume
 from audiointerp.data import ClipSet
-from audiointerp.data.audio import load_audio
 from audiointerp.explainers.captum_methods import IntegratedGradients
 from audiointerp.explainers.lime import Lime
 from audiointerp.explainers.saliency import Saliency
@@ -26,20 +26,8 @@ MASKS = ["bin", "minmax", "topK_30"]
 
 
 def real_clips_and_model(sample_wavs, n_classes: int = 3):
-    """The six shared clips (5 s at 32 kHz, on the CPU) and a width-1/16 Cnn14 whose BatchNorm
-    statistics are those clips' log-mels, in eval mode."""
-    waveforms = torch.stack([load_audio(path, 32000, 5.0, peak_normalise=True) for path in sample_wavs])
-    with torch.no_grad():
-        log_db = LogMel()(waveforms).log_db
-    torch.manual_seed(1)
-    model = models.Cnn14(n_bins=64, n_classes=n_classes, width=1 / 16)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(log_db)
-    return waveforms, log_db, model.eval()
+    """The six shared clips (on the CPU), their log-mels and a tiny Cnn14 with their BatchNorm statistics."""
+    return tiny_cnn14_on_real_clips(sample_wavs, n_classes)
 
 
 def check_forward_passes(device: torch.device, log_db: torch.Tensor, model) -> None:

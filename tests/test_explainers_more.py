@@ -18,16 +18,15 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lime import lime_image
 from scipy.stats import spearmanr
+from tiny_cnn14 import tiny_cnn14_on_real_clips
 
 import audiointerp.explainers.lime as lime_module
-from audiointerp.data.audio import load_audio
 from audiointerp.errors import AudioInterpError
 from audiointerp.explainers.base import content_seed
 from audiointerp.explainers.captum_methods import IntegratedGradients, Occlusion, SmoothGrad, silence_reference
 from audiointerp.explainers.lime import Lime
 from audiointerp.explainers.saliency import target_logit_gradient
 from audiointerp.explainers.shap import DeepShap, GradientShap, TargetLogit, class_balanced_background
-from audiointerp.features import LogMel
 from audiointerp.models import Cnn14
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -366,16 +365,8 @@ def real_clips(sample_wavs):
     """A tiny Cnn14 and (3, 1, 64, 501) log-mels of three real clips (cat, clapping, dog) whose
     batch-norm statistics it took from all six: its class probabilities on them lie between 0.04
     and 0.42, where LIME's weights are not lost in a saturated softmax."""
-    log_db = LogMel()(torch.stack([load_audio(path, 32000, 5.0, peak_normalise=True) for path in sample_wavs])).log_db
-    torch.manual_seed(1)
-    model = Cnn14(n_bins=64, n_classes=N_CLASSES, width=1 / 16)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(log_db)
-    return model.eval(), log_db[[1, 2, 4]]
+    _, log_db, model = tiny_cnn14_on_real_clips(sample_wavs, N_CLASSES)
+    return model, log_db[[1, 2, 4]]
 
 
 LIME_REFERENCE_SETTINGS = dict(num_samples=60, batch_size=25, random_state=3)

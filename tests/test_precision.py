@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from tiny_cnn14 import tiny_cnn14_on_real_clips
 
 from audiointerp import models, pipeline
 from audiointerp.curves import CURVE_STEPS
@@ -108,23 +109,9 @@ def test_each_clip_is_classified_once_as_it_is_and_once_per_masked_and_complemen
 
 
 def _real_clips_and_tiny_cnn14(sample_wavs, n_classes: int = 3):
-    """(log-mels (6, 1, 64, 501) of the six real shared clips, 5 s at 32 kHz; a width-1/16 Cnn14 in
-    eval mode whose BatchNorm statistics are those clips', so its activations neither vanish nor blow up)."""
-    from audiointerp.data.audio import load_audio
-    from audiointerp.features import LogMel
-
-    waveforms = torch.stack([load_audio(path, 32000, 5.0, peak_normalise=True) for path in sample_wavs])
-    with torch.no_grad():
-        log_db = LogMel()(waveforms).log_db
-    torch.manual_seed(1)
-    model = models.Cnn14(n_bins=64, n_classes=n_classes, width=1 / 16)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: one pass sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(log_db)
-    return log_db, model.eval()
+    """(log-mels (6, 1, 64, 501) of the six real shared clips; a tiny Cnn14 with their BatchNorm statistics)."""
+    _, log_db, model = tiny_cnn14_on_real_clips(sample_wavs, n_classes)
+    return log_db, model
 
 
 def _block_dtypes_per_forward(model):
