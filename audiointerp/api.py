@@ -487,17 +487,18 @@ class Explanation:
 
     def plot(self, mask: str = "minmax", clip: int = 0):
         """A matplotlib Figure (no pyplot, no global backend): the input, the attribution (diverging
-        colours, 0 white) and the input restricted to ``mask``, in dB, on time and frequency axes."""
+        colours, 0 white) and the input restricted to ``mask``, in the feature's unit (dB; ``ast_fbank``: its normalised log energy), on time and frequency axes."""
         example = self._example(clip)
         mask = self._mask_name(mask)
         log_db = example.log_db[0].numpy()
         attribution = (self.attribution if self.attribution.dim() == 3 else self.attribution[clip])[0].numpy()
         limit = float(np.abs(attribution).max()) or 1.0
         vmin, vmax = np.percentile(log_db, 1), log_db.max()
+        unit = self.feature.unit
         return outputs.spectrogram_figure(self.feature, [
-            ("input (dB)", log_db, dict(vmin=vmin, vmax=vmax, cmap="magma")),
+            (f"input ({unit})", log_db, dict(vmin=vmin, vmax=vmax, cmap="magma")),
             (f"attribution ({self.explainer})", attribution, dict(vmin=-limit, vmax=limit, cmap="RdBu_r")),
-            (f"masked input, {mask} (dB)", example.masked[mask][0].numpy(), dict(vmin=vmin, vmax=vmax, cmap="magma"))],
+            (f"masked input, {mask} ({unit})", example.masked[mask][0].numpy(), dict(vmin=vmin, vmax=vmax, cmap="magma"))],
             title=f"{example.clip_id}: class {int(self.target[clip])} (predicted {int(self.predicted[clip])})")
 
     def save(self, folder: str | os.PathLike) -> Path:

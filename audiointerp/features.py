@@ -120,6 +120,8 @@ class SpectrogramFeature(nn.Module):
     """
 
     window: Tensor
+    #: What ``log_db``'s values are, for axis and colour-bar labels.
+    unit = "dB"
 
     def __init__(self, sample_rate: int, n_fft: int, win_length: int, hop_length: int) -> None:
         super().__init__()
@@ -555,6 +557,7 @@ class AstFbank(LogMel):
     """
 
     deemphasis_response: Tensor
+    unit = "AST-normalised log energy"
 
     # Kaldi's 128 bands from 20 Hz at n_fft = 512 leave band 3 (63-94 Hz) between FFT bins: it is
     # always at the floor, in AST's input as here, so it is allowed rather than refused.

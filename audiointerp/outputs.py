@@ -217,9 +217,9 @@ class ExampleWriter:
         log_db = example.log_db[0].numpy()
         vmin, vmax = np.percentile(log_db, 1), log_db.max()
         figure = spectrogram_figure(self.feature, [
-            ("input (dB)", log_db, dict(vmin=vmin, vmax=vmax, cmap="magma")),
+            (f"input ({self.feature.unit})", log_db, dict(vmin=vmin, vmax=vmax, cmap="magma")),
             (f"mask: {mask_name}", example.masks[mask_name][0].numpy(), dict(vmin=0.0, vmax=1.0, cmap="viridis")),
-            ("masked input (dB)", example.masked[mask_name][0].numpy(), dict(vmin=vmin, vmax=vmax, cmap="magma"))],
+            (f"masked input ({self.feature.unit})", example.masked[mask_name][0].numpy(), dict(vmin=vmin, vmax=vmax, cmap="magma"))],
             title=example.clip_id)
         with atomic_path(path) as tmp:
             figure.savefig(tmp, dpi=80)

@@ -181,6 +181,15 @@ def test_plot_is_a_figure_of_input_attribution_and_masked_input(explained):
     np.testing.assert_allclose(shown, explained.attribution[0].numpy())
 
 
+def test_plot_labels_the_features_unit_not_always_db(sample_wavs):
+    """feature=ast_fbank is AST's normalised log energy: a colour bar labelled dB would misread it."""
+    explained = audiointerp.explain(sample_wavs[0], small_cnn(), explainer="saliency", feature="ast_fbank",
+                                    overrides=["device=cpu"])
+    titles = [axis.get_title() for axis in explained.plot("bin").axes if axis.get_title()]
+    assert titles == ["input (AST-normalised log energy)", "attribution (saliency)",
+                      "masked input, bin (AST-normalised log energy)"]
+
+
 def test_save_writes_what_a_run_writes_per_example(explained, sample_wavs, tmp_path):
     folder = explained.save(tmp_path / "out")
     clip = folder / "examples" / sample_wavs[0].stem
