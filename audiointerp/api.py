@@ -487,7 +487,8 @@ class Explanation:
 
     def plot(self, mask: str = "minmax", clip: int = 0):
         """A matplotlib Figure (no pyplot, no global backend): the input, the attribution (diverging
-        colours, 0 white) and the input restricted to ``mask``, in the feature's unit (dB; ``ast_fbank``: its normalised log energy), on time and frequency axes."""
+        colours, 0 white) and the input restricted to ``mask``, in the feature's unit (dB; ``ast_fbank``:
+        its normalised log energy), on time and frequency axes."""
         example = self._example(clip)
         mask = self._mask_name(mask)
         log_db = example.log_db[0].numpy()

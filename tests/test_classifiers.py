@@ -18,7 +18,15 @@ from audiointerp.explainers.lmac import Lmac
 from audiointerp.explainers.saliency import Saliency
 from audiointerp.explainers.shap import DeepShap
 from audiointerp.features import LogMel, LogStft
-from audiointerp.models import Cnn14, ModuleClassifier, TorchScriptClassifier, WaveformClassifier, as_classifier, load_model_file
+from audiointerp.models import (
+    Classifier,
+    Cnn14,
+    ModuleClassifier,
+    TorchScriptClassifier,
+    WaveformClassifier,
+    as_classifier,
+    load_model_file,
+)
 from audiointerp.sanity import randomise, restored
 
 CPU = torch.device("cpu")
@@ -171,6 +179,50 @@ def test_gradients_through_the_inverse_are_finite_and_reach_the_bins(wave_net, c
         saliency = Saliency().attribute(model, spectrogram.log_db, torch.tensor([1]))
     assert torch.isfinite(saliency).all()
     assert (saliency != 0).float().mean() > 0.5, "most bins of a real clip must move the logit"
+
+
+class WaveCnnClassifier(Classifier):
+    """A Classifier of audio that says how its 1-D feature maps are read: (B, C, L) as a (B, C, 1, L)
+    time map, no DeepSHAP, no channels-last."""
+
+    channels_last_useful = False
+    deeplift_refusal = "a test's reason"
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.net = network
+
+    @property
+    def network(self) -> nn.Module:
+        return self.net
+
+    def logits(self, inputs):
+        return self.net(inputs)
+
+    def as_map(self, name, output, inputs):
+        return output.unsqueeze(2) if output.dim() == 3 else output
+
+    def gradcam_layer(self) -> str:
+        return "features.7"
+
+    def listened_layers(self, inputs=None) -> list[str]:
+        return ["features.4", "features.7"]
+
+
+def test_a_waveform_classifier_passes_its_networks_own_choices_through(wave_net, clips):
+    """What the wrapped network says of itself (how a layer's output is a map, which layers L-MAC
+    listens to, DeepSHAP's refusal, channels-last) holds through model.input=waveform: Grad-CAM on a
+    1-D time map gives a map constant along frequency."""
+    feature = LogStft()
+    model = as_classifier(WaveCnnClassifier(wave_net), feature=feature, input_kind="waveform")
+    assert isinstance(model, WaveformClassifier)
+    assert model.deeplift_refusal == "a test's reason" and model.channels_last_useful is False
+    spectrogram = feature(clips[:1])
+    assert model.listened_layers(spectrogram.log_db) == ["features.4", "features.7"]
+    with model.listening(spectrogram):
+        gradcam = GradCam().attribute(model, spectrogram.log_db, torch.tensor([1]))
+    assert gradcam.shape == spectrogram.log_db.shape and float(gradcam.abs().sum()) > 0
+    torch.testing.assert_close(gradcam, gradcam[:, :, :1].expand_as(gradcam))
 
 
 def test_explainers_that_run_other_clips_are_refused_for_waveform_classifiers(wave_net):

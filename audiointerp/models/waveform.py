@@ -58,6 +58,14 @@ class WaveformClassifier(Classifier):
     def weights_included(self) -> bool:
         return self.inner.weights_included
 
+    @property
+    def channels_last_useful(self) -> bool:
+        return self.inner.channels_last_useful
+
+    @property
+    def deeplift_refusal(self) -> str | None:
+        return self.inner.deeplift_refusal
+
     def set_precision(self, autocast_dtype) -> None:
         super().set_precision(autocast_dtype)
         self.inner.set_precision(autocast_dtype)
@@ -97,8 +105,18 @@ class WaveformClassifier(Classifier):
     def layer_outputs(self, inputs: Tensor, names: Sequence[str]) -> tuple[Tensor, list[Tensor]]:
         return self.inner.layer_outputs(self.audio(inputs), names)
 
+    def as_map(self, name: str, output: Tensor, inputs: Tensor) -> Tensor:
+        """The network's own reading of its layer's output as a map (``inputs`` are the spectrograms)."""
+        return self.inner.as_map(name, output, inputs)
+
     def gradcam_layer(self) -> str:
         return self.inner.gradcam_layer()
+
+    def listened_layers(self, inputs: Tensor) -> list[str]:
+        """The network's own choice where it makes one; else the default, run on the audio."""
+        if type(self.inner).listened_layers is not Classifier.listened_layers:
+            return self.inner.listened_layers(inputs)
+        return super().listened_layers(inputs)
 
     def randomisation_cascade(self):
         return self.inner.randomisation_cascade()
