@@ -3,14 +3,15 @@
 Reads what the runs of one or more sweeps wrote (per-clip metrics, localisation, curve areas, sanity
 checks, run.json) and prints, per model and explainer, the mean over seeds of: Fid-In and AD of one
 mask, relevance mass and AUROC against the ground truth, the deletion and insertion areas, and the
-sanity check's rank correlation once the whole cascade is randomised (lower: the explanation
-depends on the weights, as it should). Brackets hold the 95 % hierarchical bootstrap interval
-(seeds, then clips within a seed; the report's). Below the table: per metric, each model's best
-explainer and the Spearman correlation of the two models' rankings of the explainers.
+sanity checks' rank correlations with the original map once the whole cascade is randomised and for
+a random class (lower: the explanation depends on the weights and the class, as it should; the
+report's ``sanity_cascade`` and ``sanity_random_logit``). Brackets hold the 95 % hierarchical
+bootstrap interval (seeds, then clips within a seed; the report's). Below the table: per metric,
+each model's best explainer and the Spearman correlation of the two models' rankings of the
+post-hoc explainers (``random`` and ``oracle`` left out: every model ranks them last and first).
 
-    python -m audiointerp.run -m experiment=architectures model=cnn14,ast seed=0,1 explainer=... \\
-        hydra.sweep.dir=SWEEP
-    python scripts/architecture_table.py SWEEP --out docs/results/architectures.md
+    bash scripts/architectures.sh        # the sweeps, then this script
+    python scripts/architecture_table.py SWEEP [SWEEP ...] --out docs/results/architectures.md
 """
 
 from __future__ import annotations
@@ -26,25 +27,12 @@ from scipy.stats import spearmanr
 
 from audiointerp.report.collect import find_runs, label_settings, per_clip_table
 from audiointerp.report.tables import LOWER_IS_BETTER, hierarchical_interval
-from audiointerp.sanity import RANDOM_LOGIT_STEP
 
 #: (column, header, digits); the first two on the chosen mask, the rest once per clip.
 SCORES = (("FidIn", "Fid-In", 3), ("AD", "AD", 1), ("relevance_mass", "relevance mass", 3), ("auroc", "AUROC", 3),
           ("deletion_auc", "deletion area", 3), ("insertion_auc", "insertion area", 3),
-          ("sanity_spearman", "sanity ρ (all randomised)", 3))
+          ("sanity_cascade", "sanity ρ (all randomised)", 3), ("sanity_random_logit", "sanity ρ (random class)", 3))
 RESAMPLES, SEED = 1000, 0
-
-
-def sanity_per_clip(folder: Path) -> pd.DataFrame | None:
-    """The rank correlation of each clip's attribution after the whole cascade (the last step before
-    the random-logit check) with the original; None for a run without sanity checks."""
-    path = folder / "sanity.csv"
-    if not path.is_file():
-        return None
-    rows = pd.read_csv(path)
-    cascade = [s for s in dict.fromkeys(rows["step"]) if s != RANDOM_LOGIT_STEP]
-    last = rows[rows["step"] == cascade[-1]]
-    return last[["sample", "spearman"]].rename(columns={"spearman": "sanity_spearman"})
 
 
 def collect(sweeps: list[Path], mask: str) -> pd.DataFrame:
@@ -55,13 +43,6 @@ def collect(sweeps: list[Path], mask: str) -> pd.DataFrame:
     table = table[table["mask"] == mask].copy()
     accuracy = {run.name: json.loads((run.path / "run.json").read_text())["clean_accuracy"] for run in runs}
     table["accuracy"] = table["run"].map(accuracy)
-    sanity = []
-    for run in runs:
-        found = sanity_per_clip(run.path)
-        if found is not None:
-            sanity.append(found.assign(run=run.name))
-    if sanity:
-        table = table.merge(pd.concat(sanity), on=["run", "sample"], how="left")
     return table
 
 
@@ -107,7 +88,7 @@ def markdown(summary: pd.DataFrame, mask: str) -> str:
         if column not in summary.columns:
             continue
         means = summary.assign(mean=summary[column].map(lambda v: v[0] if isinstance(v, tuple) else np.nan))
-        lower = column in LOWER_IS_BETTER or column == "sanity_spearman"
+        lower = column in LOWER_IS_BETTER
         best = []
         for model in models:
             of_model = means[(means["model"] == model) & means["mean"].notna()]
@@ -118,6 +99,7 @@ def markdown(summary: pd.DataFrame, mask: str) -> str:
         agreement = []
         for a, b in itertools.combinations(models, 2):
             pivot = means.pivot(index="explainer", columns="model", values="mean")[[a, b]].dropna()
+            pivot = pivot.drop(index=["random", "oracle"], errors="ignore")  # both models put them last and first
             if len(pivot) >= 3:
                 agreement.append(f"Spearman of the {a} and {b} rankings over {len(pivot)} explainers "
                                  f"{spearmanr(pivot[a], pivot[b]).statistic:.2f}")

@@ -41,8 +41,9 @@ def config(explainer: str, seed: int, **changed) -> dict:
 
 
 def write_run(folder: Path, explainer: str, seed: int, fidin: np.ndarray, ff: np.ndarray | None = None,
-              deletion: np.ndarray | None = None, model: str = "cnn14", **changed) -> Path:
-    """A complete run folder: one mask (bin), per-clip FidIn (and FF, deletion areas) as given."""
+              deletion: np.ndarray | None = None, model: str = "cnn14", sanity: dict | None = None, **changed) -> Path:
+    """A complete run folder: one mask (bin), per-clip FidIn (and FF, deletion areas) as given;
+    ``sanity``: {step: per-clip Spearman} for the first clips, in cascade order, written as sanity.csv."""
     ff = np.zeros(N_CLIPS) if ff is None else ff
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config(explainer, seed, **changed)))
@@ -56,6 +57,11 @@ def write_run(folder: Path, explainer: str, seed: int, fidin: np.ndarray, ff: np
     metrics.to_csv(folder / "metrics" / "bin.csv", index=False)
     if deletion is not None:
         clips.assign(deletion_auc=deletion, insertion_auc=1 - deletion).to_csv(folder / "clip_scores.csv", index=False)
+    if sanity is not None:
+        pd.DataFrame([{"step": step, "randomised": step, "sample": i, "clip_id": f"clip{i}", "target": 0,
+                       "spearman": value, "ssim": 0.0, "spearman_signed": value}
+                      for step, values in sanity.items() for i, value in enumerate(values)]
+                     ).to_csv(folder / "sanity.csv", index=False)
     pd.DataFrame([{**identity, "mask": "bin", "FidIn": float(np.mean(fidin))}]).to_csv(folder / "summary.csv", index=False)
     return folder
 
@@ -213,3 +219,27 @@ def test_two_classifiers_get_a_side_by_side_table_of_every_explainer(tmp_path):
     assert curves.set_index("explainer · model")["deletion_auc"].round(6).to_dict() == {
         "random · ast": 0.9, "saliency · ast": 0.6, "saliency · cnn14": 0.2}
     assert "Across classifiers" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_the_sanity_checks_are_tabled_per_explainer_and_model(tmp_path):
+    """The report's sanity table: per explainer, the mean rank correlation of the re-explained clips
+    after the last cascade step (not the first) and for the random class, over those clips only; the
+    architecture table carries the same columns per model."""
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"cnn_{seed}", "gradcam", seed, np.ones(N_CLIPS), model="cnn14",
+                  sanity={"head": [0.9] * 4, "conv1": [0.1 * seed, 0.2, 0.3, 0.4], "random_logit": [0.5] * 4})
+        write_run(tmp_path / "runs" / f"ast_{seed}", "gradcam", seed, np.ones(N_CLIPS), model="ast",
+                  sanity={"classifier": [0.8] * 4, "layers.1": [0.6] * 4, "random_logit": [0.7] * 4},
+                  **{"model._target_": "audiointerp.models.ast.AST"})
+    report(tmp_path / "runs", out=tmp_path / "report")
+    tables = tmp_path / "report" / "tables"
+    sanity = {path.stem: pd.read_csv(path) for path in (tables / "sanity").glob("*.csv")}
+    assert len(sanity) == 2  # one per model: two conditions
+    cnn = next(t for name, t in sanity.items() if "cnn14" in name).set_index("explainer")
+    # the mean of the seeds' means of the last cascade step: (0.225 + 0.25) / 2
+    assert cnn.loc["gradcam", "sanity_cascade"] == pytest.approx(0.2375)
+    assert cnn.loc["gradcam", "sanity_random_logit"] == pytest.approx(0.5)
+    assert cnn.loc["gradcam", "n"] == 2 * 4  # the re-explained clips, not all N_CLIPS
+    side_by_side = pd.read_csv(tables / "architecture_localization" / "synthetic_none.csv").set_index("explainer · model")
+    assert side_by_side["sanity_cascade"].round(6).to_dict() == {"gradcam · ast": 0.6, "gradcam · cnn14": 0.2375}
+    assert side_by_side["sanity_random_logit"].round(6).to_dict() == {"gradcam · ast": 0.7, "gradcam · cnn14": 0.5}

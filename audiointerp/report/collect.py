@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from audiointerp.errors import AudioInterpError
 from audiointerp.outputs import RUN_COLUMNS
 from audiointerp.resume import INPUT_PATH_KEYS, NO_RESULT_KEYS
+from audiointerp.sanity import RANDOM_LOGIT_STEP
 
 #: Config keys (dotted; a key names its whole subtree) whose values never set a run apart in the
 #: report: the seed (pooled, as an axis of its own), what changes no result (where caches live,
@@ -159,17 +160,43 @@ def label_settings(runs: list[Run]) -> list[str]:
 CLIP_FILES: tuple[str, ...] = ("localization.csv", "clip_scores.csv")
 
 
+#: The sanity checks' per-clip scores (from ``sanity.csv``, first ``sanity_clips`` clips only): the rank
+#: correlation of the clip's attribution with the original once the whole cascade is randomised
+#: (``sanity_cascade``), and for a random other class (``sanity_random_logit``). Lower: the map
+#: depends on the weights and on the class, as it should.
+SANITY_COLUMNS: tuple[str, ...] = ("sanity_cascade", "sanity_random_logit")
+
+
+def sanity_per_clip(folder: Path) -> pd.DataFrame | None:
+    """``sample`` and :data:`SANITY_COLUMNS` per clip the run's sanity checks re-explained (its
+    ``sanity.csv``: the last cascade step, and the random-logit step); None without sanity checks."""
+    path = folder / "sanity.csv"
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path)
+    cascade = [step for step in dict.fromkeys(rows["step"]) if step != RANDOM_LOGIT_STEP]
+    columns = []
+    for column, step in zip(SANITY_COLUMNS, (cascade[-1] if cascade else None, RANDOM_LOGIT_STEP)):
+        found = rows.loc[rows["step"] == step, ["sample", "spearman"]]
+        columns.append(found.rename(columns={"spearman": column}).set_index("sample"))
+    return pd.concat(columns, axis=1).reset_index()
+
+
 def per_clip_table(runs: list[Run]) -> pd.DataFrame:
     """One row per complete run x clip x mask: ``run``, the run's ``RUN_COLUMNS`` and ``setting``
     (as :func:`label_settings` left them; ``setting`` empty if it was not called), ``mask``, the
-    per-clip columns of metrics/<mask>.csv, and the clip's :data:`CLIP_FILES` columns where the run
-    has them. Rows in (run, mask file, sample) order."""
+    per-clip columns of metrics/<mask>.csv, and the clip's :data:`CLIP_FILES` and
+    :data:`SANITY_COLUMNS` columns where the run has them (NaN for clips the sanity checks did not
+    re-explain). Rows in (run, mask file, sample) order."""
     frames = []
     for run in runs:
         if run.status != "complete":
             continue
         per_clip = [pd.read_csv(run.path / name).drop(columns=["clip_id", "label", "predicted", "is_correct"])
                     for name in CLIP_FILES if (run.path / name).is_file()]
+        sanity = sanity_per_clip(run.path)
+        if sanity is not None:
+            per_clip.append(sanity)
         for csv_path in sorted((run.path / "metrics").glob("*.csv")):
             frame = pd.read_csv(csv_path)
             for extra in per_clip:

@@ -216,8 +216,11 @@ _KIND_TITLES = {
     "noise": "Per explainer and mask: the noise conditions compared",
     "localization": "Against the ground truth (synthetic data): the explainers compared",
     "ranking": "The attribution's ranking, no mask: deletion and insertion areas",
+    "sanity": "Sanity under randomisation: rank correlation with the original map (lower: it depends on the "
+              "weights, and on the class)",
     "architecture": "Across classifiers: every explainer on every model, per mask",
-    "architecture_localization": "Across classifiers: against the ground truth and the curve areas",
+    "architecture_localization": "Across classifiers: against the ground truth, the curve areas and the sanity "
+                                 "checks",
     "seed_ranking": "Across seeds: how alike the seeds rank the explainers (Kendall's W)",
     "seed_winner": "Across seeds: how often two seeds agree on the best explainer",
     "metric_trust": "Which metric to trust: Spearman over explainers between each metric's ranking and the "

@@ -27,8 +27,11 @@ TABLE_METRICS: tuple[str, ...] = ("FF", "AI", "AG", "FidIn", "SPS", "AD", "COMP"
 LOCALIZATION_METRICS: tuple[str, ...] = ("relevance_mass", "relevance_rank", "pointing_game", "auroc")
 #: Scores of the attribution itself with no mask (``clip_scores.csv``), tabled where runs have them.
 CLIP_SCORE_METRICS: tuple[str, ...] = ("deletion_auc", "insertion_auc", "ig_completeness_error")
+#: The sanity checks' rank correlations with the original map (``audiointerp.report.collect.SANITY_COLUMNS``),
+#: tabled where runs have them.
+SANITY_METRICS: tuple[str, ...] = ("sanity_cascade", "sanity_random_logit")
 #: Lower is better for these; higher for every other metric.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"AD", "COMP", "deletion_auc", "ig_completeness_error"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"AD", "COMP", "deletion_auc", "ig_completeness_error", *SANITY_METRICS})
 CONFIDENCE = 0.95
 
 
@@ -249,9 +252,13 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
       (runs with evidence only; one row per clip, not per mask);
     - ``ranking``: per (data, feature, noise), the explainers' deletion and insertion areas (and IG's
       completeness error), which score the attribution's ranking with no mask (one row per clip);
+    - ``sanity``: per (data, feature, noise), the explainers' sanity checks (runs with ``sanity=true``;
+      one row per re-explained clip): rank correlation with the original map once the whole model is
+      randomised, and for a random other class (lower: the map depends on them);
     - ``architecture`` / ``architecture_localization``: where runs differ in the model, per (data,
       noise, mask) / per (data, noise) every explainer on every model side by side (rows
-      ``explainer · model``, with the feature where models were fed different ones).
+      ``explainer · model``, with the feature where models were fed different ones); the second
+      also holds the sanity checks' columns.
     The silence level and the ``setting`` column (every other setting runs differ in but the seed)
     are part of a condition only when the report's runs differ in them; cells pooled over seeds
     have hierarchical intervals (:func:`hierarchical_interval`).
@@ -296,6 +303,14 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
             shown = [m for m in present if group[m].notna().any()]
             tables.append(_table(group, "ranking", fixed, "explainer", shown, resamples, seed,
                                  note=" (the attribution's ranking, no mask: deletion and insertion areas)"))
+    present = [m for m in SANITY_METRICS if m in results.columns and results[m].notna().any()]
+    if present:
+        # the sanity checks re-explained the first sanity_clips clips of each run, once per clip
+        per_clip = results.dropna(subset=present, how="all").drop_duplicates(subset=["run", "sample"])
+        fixed = [*conditions, "noise"]
+        for group in grouped(per_clip, fixed):
+            tables.append(_table(group, "sanity", fixed, "explainer", present, resamples, seed,
+                                 note=" (the sanity checks' clips: rank correlation with the original map)"))
     if "model" in conditions:
         tables.extend(_architecture_tables(results, [c for c in conditions if c not in ("model", "feature")],
                                            resamples, seed))
@@ -315,15 +330,17 @@ def _architecture_tables(results: pd.DataFrame, conditions: list[str], resamples
     fixed = [*conditions, "noise", "mask"]
     for group in grouped(results, fixed):
         tables.append(_table(group, "architecture", fixed, "explainer · model", list(TABLE_METRICS), resamples, seed))
-    per_clip_metrics = [m for m in (*LOCALIZATION_METRICS, *CLIP_SCORE_METRICS[:2]) if m in results.columns]
+    per_clip_metrics = [m for m in (*LOCALIZATION_METRICS, *CLIP_SCORE_METRICS[:2], *SANITY_METRICS)
+                        if m in results.columns]
     if per_clip_metrics:
         per_clip = results.dropna(subset=per_clip_metrics, how="all").drop_duplicates(subset=["run", "sample"])
         fixed = [*conditions, "noise"]
         for group in grouped(per_clip, fixed):
             shown = [m for m in per_clip_metrics if group[m].notna().any()]
             tables.append(_table(group, "architecture_localization", fixed, "explainer · model", shown, resamples,
-                                 seed, note=" (no mask: against the ground truth where there is one, and the "
-                                            "deletion and insertion areas)"))
+                                 seed, note=" (no mask: against the ground truth where there is one, the "
+                                            "deletion and insertion areas, and the sanity checks' rank "
+                                            "correlations on their clips)"))
     return tables
 
 
