@@ -219,6 +219,10 @@ def test_two_classifiers_get_a_side_by_side_table_of_every_explainer(tmp_path):
     assert curves.set_index("explainer · model")["deletion_auc"].round(6).to_dict() == {
         "random · ast": 0.9, "saliency · ast": 0.6, "saliency · cnn14": 0.2}
     assert "Across classifiers" in (tmp_path / "report" / "index.html").read_text()
+    # the figures average per model too: one heatmap and one trade-off plot each, none of both pooled
+    figures = sorted(path.name for path in (tmp_path / "report" / "figures").iterdir())
+    assert figures == [f"{kind}_synthetic_mel_{model}_none.png" for kind in ("heatmap", "tradeoff")
+                       for model in ("ast", "cnn14")]
 
 
 def test_the_sanity_checks_are_tabled_per_explainer_and_model(tmp_path):

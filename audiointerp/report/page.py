@@ -14,7 +14,16 @@ import soundfile as sf
 
 from audiointerp.masks import MASK_NAMES
 from audiointerp.report.collect import Run
-from audiointerp.report.tables import LOWER_IS_BETTER, TABLE_METRICS, Table, _header, _number
+from audiointerp.report.tables import (
+    LOWER_IS_BETTER,
+    TABLE_METRICS,
+    Table,
+    _file_name,
+    _header,
+    _number,
+    grouped,
+    with_conditions,
+)
 
 #: Masks whose example audio the gallery plays by default (every mask would be 14 x 3 players per clip).
 GALLERY_MASKS: tuple[str, ...] = ("bin", "topK_30")
@@ -54,8 +63,10 @@ def _save(figure, path: Path) -> None:
 
 
 def figures(results: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
-    """Per (data, feature, noise): a heatmap of explainer x mask per metric, and the faithfulness-
-    sparsity trade-off (FF and Fid-In against SPS, a point per explainer and mask).
+    """Per condition (data, feature, noise, and the model, silence level or other setting where runs
+    differ in them: the tables' conditions, so two classifiers are never averaged into one picture):
+    a heatmap of explainer x mask per metric, and the faithfulness-sparsity trade-off (FF and Fid-In
+    against SPS, a point per explainer and mask).
 
     Returns:
         (title, path relative to ``out``) per figure, in order.
@@ -64,8 +75,12 @@ def figures(results: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
     made = []
     if results.empty:
         return made
-    for key, group in sorted(results.groupby(["data", "feature", "noise"]), key=lambda item: tuple(map(str, item[0]))):
-        name = "_".join(map(str, key))
+    results, conditions = with_conditions(results)
+    fixed = [*conditions, "noise"]
+    for group in grouped(results, fixed):
+        name = _file_name(group, fixed)
+        label = ", ".join(str(group[c].iloc[0]) if c == "setting" else f"{c}={group[c].iloc[0]}"
+                          for c in fixed if c != "setting" or str(group[c].iloc[0]))
         means = group.groupby(["explainer", "mask"])[list(TABLE_METRICS)].mean()
         explainers = sorted(group["explainer"].astype(str).unique())
         masks = [m for m in MASK_NAMES if m in set(group["mask"])]
@@ -80,10 +95,10 @@ def figures(results: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
             axis.set_title(f"{_header(metric)} ({better} is better)")
             figure.colorbar(shown, ax=axis)
         axes.flat[-1].axis("off")
-        figure.suptitle(f"mean per explainer and mask: data={key[0]}, feature={key[1]}, noise={key[2]}")
+        figure.suptitle(f"mean per explainer and mask: {label}")
         path = Path("figures") / f"heatmap_{name}.png"
         _save(figure, out / path)
-        made.append((f"Metrics per explainer and mask (data={key[0]}, feature={key[1]}, noise={key[2]})", path.as_posix()))
+        made.append((f"Metrics per explainer and mask ({label})", path.as_posix()))
 
         figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
         for axis, metric in zip(axes, ("FF", "FidIn")):
@@ -94,10 +109,10 @@ def figures(results: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
             axis.set_ylabel(_header(metric))
             axis.grid(alpha=0.3)
         axes[1].legend(fontsize=8, loc="best")
-        figure.suptitle(f"faithfulness against sparsity, a point per mask: data={key[0]}, feature={key[1]}, noise={key[2]}")
+        figure.suptitle(f"faithfulness against sparsity, a point per mask: {label}")
         path = Path("figures") / f"tradeoff_{name}.png"
         _save(figure, out / path)
-        made.append((f"Faithfulness against sparsity (data={key[0]}, feature={key[1]}, noise={key[2]})", path.as_posix()))
+        made.append((f"Faithfulness against sparsity ({label})", path.as_posix()))
     return made
 
 
