@@ -5,7 +5,7 @@
 # (hydra/launcher=joblib; the slowest explainers first, both models' trainings at once). DeepSHAP
 # runs on Cnn14 only, in a sweep of its own (SWEEP_deepshap): the AST refuses it in one line
 # (attention and LayerNorm have no DeepLIFT rule); its gradient form, shap_gradient, runs on both.
-# Then the table, from both sweeps.
+# Then the table, and the report (SWEEP/report), from both sweeps.
 #   bash scripts/architectures.sh [SWEEP_FOLDER] [TABLE]
 set -euo pipefail
 sweep=${1:-outputs/multirun/architectures}
@@ -17,3 +17,4 @@ python -m audiointerp.run -m experiment=architectures "${launcher[@]}" "hydra.sw
 python -m audiointerp.run -m experiment=architectures "${launcher[@]}" "hydra.sweep.dir=${sweep}_deepshap" \
     explainer=shap seed=0,1 model=cnn14
 python scripts/architecture_table.py "$sweep" "${sweep}_deepshap" --out "$table"
+python -m audiointerp.report "$sweep" "${sweep}_deepshap"
