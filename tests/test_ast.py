@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from scipy.io import wavfile
 
 from audiointerp.data.audio import load_audio
 from audiointerp.errors import AudioInterpError
@@ -280,13 +281,15 @@ def test_bf16_autocast_runs_and_channels_last_is_a_no_op(spectrograms):
     assert saliency.shape == spectrograms.shape and torch.isfinite(saliency).all()
 
 
-def test_the_smoke_preset_runs_end_to_end(tmp_path):
-    """experiment=smoke_ast, as CI runs it: trained from scratch, explained with Grad-CAM on tokens,
-    sanity-checked, every output written."""
+@pytest.mark.parametrize("feature", ["mel", "ast_fbank"])
+def test_the_smoke_preset_runs_end_to_end(tmp_path, feature):
+    """experiment=smoke_ast, as CI runs it, on the log-mel and on AST's own fbank: trained from
+    scratch, explained with Grad-CAM on tokens, sanity-checked, every output written (the example's
+    masked audio at the feature's rate)."""
     run_dir = tmp_path / "run"
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "audiointerp.run", "experiment=smoke_ast", "explainer=gradcam",
-                             "sanity=true", "sanity_clips=2", f"hydra.run.dir={run_dir}"],
+                             f"feature={feature}", "sanity=true", "sanity_clips=2", f"hydra.run.dir={run_dir}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     elapsed = time.perf_counter() - started
@@ -300,5 +303,9 @@ def test_the_smoke_preset_runs_end_to_end(tmp_path):
     steps = [line.split(",")[0] for line in (run_dir / "sanity.csv").read_text().splitlines()[1::2]]
     assert steps == ["classifier", f"{TOKENS}.1", f"{TOKENS}.0",
                      "audio_spectrogram_transformer.embeddings.patch_embeddings", "random_logit"]
-    print(f"smoke_ast: {elapsed:.1f} s")
+    assert report["run"]["feature"] == feature
+    (example,) = (run_dir / "examples").iterdir()
+    rate, masked = wavfile.read(example / "bin_masked.wav")
+    assert rate == (16000 if feature == "ast_fbank" else 32000) and len(masked) == 5 * rate
+    print(f"smoke_ast, feature={feature}: {elapsed:.1f} s")
     shutil.rmtree(run_dir)
