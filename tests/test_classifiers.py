@@ -19,7 +19,6 @@ from audiointerp.explainers.saliency import Saliency
 from audiointerp.explainers.shap import DeepShap
 from audiointerp.features import LogMel, LogStft
 from audiointerp.models import (
-    Classifier,
     Cnn14,
     ModuleClassifier,
     TorchScriptClassifier,
@@ -181,23 +180,12 @@ def test_gradients_through_the_inverse_are_finite_and_reach_the_bins(wave_net, c
     assert (saliency != 0).float().mean() > 0.5, "most bins of a real clip must move the logit"
 
 
-class WaveCnnClassifier(Classifier):
+class WaveCnnClassifier(ModuleClassifier):
     """A Classifier of audio that says how its 1-D feature maps are read: (B, C, L) as a (B, C, 1, L)
     time map, no DeepSHAP, no channels-last."""
 
     channels_last_useful = False
     deeplift_refusal = "a test's reason"
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.net = network
-
-    @property
-    def network(self) -> nn.Module:
-        return self.net
-
-    def logits(self, inputs):
-        return self.net(inputs)
 
     def as_map(self, name, output, inputs):
         return output.unsqueeze(2) if output.dim() == 3 else output

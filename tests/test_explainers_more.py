@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lime import lime_image
 from scipy.stats import spearmanr
-from tiny_cnn14 import tiny_cnn14_on_real_clips
+from tiny_cnn14 import tiny_cnn14_on_real_clips, with_batch_norm_statistics_of
 
 import audiointerp.explainers.lime as lime_module
 from audiointerp.errors import AudioInterpError
@@ -37,13 +37,7 @@ def calibrated_tiny_cnn14(n_frames: int, seed: int = 0) -> Cnn14:
     """Cnn14 at width 1/16 with BN running statistics of random -40 +- 10 dB spectrograms, in eval mode."""
     torch.manual_seed(seed)
     model = Cnn14(n_bins=64, n_classes=N_CLASSES, width=1 / 16)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: one pass sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 1, 64, n_frames) * 10 - 40)
-    return model.eval()
+    return with_batch_norm_statistics_of(model, torch.randn(32, 1, 64, n_frames) * 10 - 40)
 
 
 def spectrograms(n: int, n_frames: int = 100, seed: int = 1) -> torch.Tensor:

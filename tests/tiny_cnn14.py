@@ -18,11 +18,16 @@ def tiny_cnn14_on_real_clips(sample_wavs, n_classes: int = 3):
     with torch.no_grad():
         log_db = LogMel()(waveforms).log_db
     torch.manual_seed(1)
-    model = Cnn14(n_bins=64, n_classes=n_classes, width=1 / 16)
+    return waveforms, log_db, with_batch_norm_statistics_of(Cnn14(n_bins=64, n_classes=n_classes, width=1 / 16), log_db)
+
+
+def with_batch_norm_statistics_of(model: torch.nn.Module, inputs: torch.Tensor) -> torch.nn.Module:
+    """``model`` in eval mode, its BatchNorm running statistics those of ``inputs`` (B, 1, F, T):
+    one training-mode pass with cumulative averages."""
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # cumulative average: one pass sets the statistics
     model.train()
     with torch.no_grad():
-        model(log_db)
-    return waveforms, log_db, model.eval()
+        model(inputs)
+    return model.eval()
