@@ -20,6 +20,7 @@ from audiointerp.report.tables import (
     Table,
     _file_name,
     _header,
+    _label,
     _number,
     grouped,
     with_conditions,
@@ -78,9 +79,8 @@ def figures(results: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
     results, conditions = with_conditions(results)
     fixed = [*conditions, "noise"]
     for group in grouped(results, fixed):
-        name = _file_name(group, fixed)
-        label = ", ".join(str(group[c].iloc[0]) if c == "setting" else f"{c}={group[c].iloc[0]}"
-                          for c in fixed if c != "setting" or str(group[c].iloc[0]))
+        shown = [c for c in fixed if c != "setting" or str(group[c].iloc[0])]  # as the tables name theirs
+        name, label = _file_name(group, shown), _label(group, shown)
         means = group.groupby(["explainer", "mask"])[list(TABLE_METRICS)].mean()
         explainers = sorted(group["explainer"].astype(str).unique())
         masks = [m for m in MASK_NAMES if m in set(group["mask"])]

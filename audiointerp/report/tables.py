@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from audiointerp.masks import MASK_NAMES
+from audiointerp.report.collect import SANITY_COLUMNS
 
 #: The reference's column order.
 TABLE_METRICS: tuple[str, ...] = ("FF", "AI", "AG", "FidIn", "SPS", "AD", "COMP")
@@ -27,11 +28,8 @@ TABLE_METRICS: tuple[str, ...] = ("FF", "AI", "AG", "FidIn", "SPS", "AD", "COMP"
 LOCALIZATION_METRICS: tuple[str, ...] = ("relevance_mass", "relevance_rank", "pointing_game", "auroc")
 #: Scores of the attribution itself with no mask (``clip_scores.csv``), tabled where runs have them.
 CLIP_SCORE_METRICS: tuple[str, ...] = ("deletion_auc", "insertion_auc", "ig_completeness_error")
-#: The sanity checks' rank correlations with the original map (``audiointerp.report.collect.SANITY_COLUMNS``),
-#: tabled where runs have them.
-SANITY_METRICS: tuple[str, ...] = ("sanity_cascade", "sanity_random_logit")
 #: Lower is better for these; higher for every other metric.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"AD", "COMP", "deletion_auc", "ig_completeness_error", *SANITY_METRICS})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"AD", "COMP", "deletion_auc", "ig_completeness_error", *SANITY_COLUMNS})
 CONFIDENCE = 0.95
 
 
@@ -303,7 +301,7 @@ def build_tables(results: pd.DataFrame, resamples: int, seed: int) -> list[Table
             shown = [m for m in present if group[m].notna().any()]
             tables.append(_table(group, "ranking", fixed, "explainer", shown, resamples, seed,
                                  note=" (the attribution's ranking, no mask: deletion and insertion areas)"))
-    present = [m for m in SANITY_METRICS if m in results.columns and results[m].notna().any()]
+    present = [m for m in SANITY_COLUMNS if m in results.columns and results[m].notna().any()]
     if present:
         # the sanity checks re-explained the first sanity_clips clips of each run, once per clip
         per_clip = results.dropna(subset=present, how="all").drop_duplicates(subset=["run", "sample"])
@@ -330,7 +328,7 @@ def _architecture_tables(results: pd.DataFrame, conditions: list[str], resamples
     fixed = [*conditions, "noise", "mask"]
     for group in grouped(results, fixed):
         tables.append(_table(group, "architecture", fixed, "explainer · model", list(TABLE_METRICS), resamples, seed))
-    per_clip_metrics = [m for m in (*LOCALIZATION_METRICS, *CLIP_SCORE_METRICS[:2], *SANITY_METRICS)
+    per_clip_metrics = [m for m in (*LOCALIZATION_METRICS, *CLIP_SCORE_METRICS[:2], *SANITY_COLUMNS)
                         if m in results.columns]
     if per_clip_metrics:
         per_clip = results.dropna(subset=per_clip_metrics, how="all").drop_duplicates(subset=["run", "sample"])
