@@ -8,7 +8,8 @@ a random class (lower: the explanation depends on the weights and the class, as 
 report's ``sanity_cascade`` and ``sanity_random_logit``). Brackets hold the 95 % hierarchical
 bootstrap interval (seeds, then clips within a seed; the report's). Below the table: per metric,
 each model's best explainer and the Spearman correlation of the two models' rankings of the
-post-hoc explainers (``random`` and ``oracle`` left out: every model ranks them last and first).
+post-hoc explainers (``random`` and ``oracle`` left out: every model ranks them last and first), of
+the means over seeds and of each seed's own means.
 
     bash scripts/architectures.sh        # the sweeps, then this script
     python scripts/architecture_table.py SWEEP [SWEEP ...] --out docs/results/architectures.md
@@ -66,6 +67,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
             if column in group and group[column].notna().any():
                 units = [g[column].to_numpy(dtype=float) for _, g in group.groupby("seed", sort=True)]
                 row[column] = hierarchical_interval(units, RESAMPLES, SEED, f"{model}/{explainer}/{column}")
+                row[f"{column} by seed"] = group.groupby("seed")[column].mean().to_dict()
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -101,8 +103,17 @@ def markdown(summary: pd.DataFrame, mask: str) -> str:
             pivot = means.pivot(index="explainer", columns="model", values="mean")[[a, b]].dropna()
             pivot = pivot.drop(index=["random", "oracle"], errors="ignore")  # both models put them last and first
             if len(pivot) >= 3:
+                per_seed = []
+                for seed in sorted(set().union(*summary[f"{column} by seed"].dropna()), key=int):
+                    by_seed = summary.assign(value=summary[f"{column} by seed"].map(
+                        lambda values, seed=seed: values.get(seed, np.nan) if isinstance(values, dict) else np.nan))
+                    seed_pivot = by_seed.pivot(index="explainer", columns="model", values="value")
+                    seed_pivot = seed_pivot.reindex(pivot.index)[[a, b]].dropna()
+                    if len(seed_pivot) >= 3:
+                        per_seed.append(f"seed {seed} {spearmanr(seed_pivot[a], seed_pivot[b]).statistic:.2f}")
                 agreement.append(f"Spearman of the {a} and {b} rankings over {len(pivot)} explainers "
-                                 f"{spearmanr(pivot[a], pivot[b]).statistic:.2f}")
+                                 f"{spearmanr(pivot[a], pivot[b]).statistic:.2f}"
+                                 + (f" (by seed: {', '.join(per_seed)})" if per_seed else ""))
         lines.append(f"- {title}: best {', '.join(best)}" + (f"; {'; '.join(agreement)}" if agreement else ""))
     return "\n".join(lines) + "\n"
 
